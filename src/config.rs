@@ -1,0 +1,565 @@
+//! Typed configuration: defaults, loading from TOML plus `OUTBOXD_*`
+//! environment overrides, validation with key paths, and secret indirection.
+
+use crate::units::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The configuration `outboxd run` uses when no `--config` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment overrides; `__` separates nested keys:
+/// `OUTBOXD_INGEST__MAX_BODY_BYTES=16MiB` sets `ingest.max_body_bytes`.
+pub const ENV_PREFIX: &str = "OUTBOXD";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the outbox database and (by default) the Unix socket live.
+    pub data_dir: PathBuf,
+    pub ingest: IngestConfig,
+    pub outbox: OutboxConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// TCP address of the HTTP ingest listener; "" disables it.
+    pub http_listen: String,
+    /// Unix socket path, relative paths resolved against `data_dir`; "" disables it.
+    pub unix_socket: String,
+    /// File mode of the Unix socket, as an octal string.
+    pub unix_socket_mode: String,
+    pub max_body_bytes: ByteSize,
+    pub max_events_per_request: usize,
+    pub max_event_bytes: ByteSize,
+    pub max_depth: usize,
+    /// Bodies being read or parsed at once, in bytes; further requests wait.
+    pub max_inflight_bytes: ByteSize,
+    pub dedup_window: HumanDuration,
+    /// At most this many recent client ids are remembered for dedup, whatever
+    /// the window: bounds the dedup table at high rates.
+    pub dedup_max_ids: u64,
+    /// Bearer token required on the TCP listener (the Unix socket relies on
+    /// its file mode). Give it directly, or via `auth_token_env` / `auth_token_file`.
+    pub auth_token: Option<Secret>,
+    pub auth_token_env: Option<String>,
+    pub auth_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    Reject,
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// fsync the WAL at every commit: survives power loss.
+    Full,
+    /// fsync only at checkpoints: survives a process crash, not power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    pub max_bytes: ByteSize,
+    pub when_full: WhenFull,
+    pub sync: SyncMode,
+    /// Most events one group commit takes.
+    pub commit_max_events: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// TCP address for /metrics, /healthz and /readyz; "" disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// Filter used when `RUST_LOG` is not set, e.g. "info" or "outboxd=debug".
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./outboxd-data"),
+            ingest: IngestConfig::default(),
+            outbox: OutboxConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            http_listen: "127.0.0.1:9811".into(),
+            unix_socket: "outboxd.sock".into(),
+            unix_socket_mode: "0660".into(),
+            max_body_bytes: ByteSize::mib(8),
+            max_events_per_request: 10_000,
+            max_event_bytes: ByteSize::mib(1),
+            max_depth: 64,
+            max_inflight_bytes: ByteSize::mib(32),
+            dedup_window: HumanDuration::secs(3600),
+            dedup_max_ids: 5_000_000,
+            auth_token: None,
+            auth_token_env: None,
+            auth_token_file: None,
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_bytes: ByteSize::gib(1),
+            when_full: WhenFull::Reject,
+            sync: SyncMode::Full,
+            commit_max_events: 20_000,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9812".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A config error, always naming the key path it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn error_at(key: &str, message: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {message}"))
+}
+
+/// Where the configuration comes from.
+pub enum Source<'a> {
+    Embedded,
+    File(&'a Path),
+}
+
+impl Config {
+    /// Loads defaults, then the source, then `OUTBOXD_*` environment overrides,
+    /// and validates the result.
+    pub fn load(source: Source<'_>) -> Result<Config, ConfigError> {
+        Self::load_with_env(source, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        source: Source<'_>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        use config::{Environment, File, FileFormat};
+        let mut builder = config::Config::builder();
+        builder = match source {
+            Source::Embedded => {
+                builder.add_source(File::from_str(EMBEDDED_DEFAULT, FileFormat::Toml))
+            }
+            Source::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                builder.add_source(File::from_str(&text, FileFormat::Toml))
+            }
+        };
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(&format!("{ENV_PREFIX}_")))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError(describe_config_error(e)))?;
+        let config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = describe_config_error(e.into_inner());
+            if path == "." || path.is_empty() {
+                ConfigError(inner)
+            } else {
+                error_at(&path, inner)
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ingest = &self.ingest;
+        if ingest.http_listen.is_empty() && ingest.unix_socket.is_empty() {
+            return Err(ConfigError(
+                "ingest: both http_listen and unix_socket are disabled; enable at least one".into(),
+            ));
+        }
+        if !ingest.http_listen.is_empty() {
+            parse_listen("ingest.http_listen", &ingest.http_listen)?;
+        }
+        if !self.metrics.listen.is_empty() {
+            parse_listen("metrics.listen", &self.metrics.listen)?;
+        }
+        self.unix_socket_mode()?;
+        positive("ingest.max_body_bytes", ingest.max_body_bytes.0)?;
+        positive(
+            "ingest.max_events_per_request",
+            ingest.max_events_per_request as u64,
+        )?;
+        positive("ingest.max_event_bytes", ingest.max_event_bytes.0)?;
+        positive("outbox.max_bytes", self.outbox.max_bytes.0)?;
+        if !(1..=1024).contains(&ingest.max_depth) {
+            return Err(error_at(
+                "ingest.max_depth",
+                format!("must be between 1 and 1024, got {}", ingest.max_depth),
+            ));
+        }
+        if ingest.max_event_bytes > ingest.max_body_bytes {
+            return Err(error_at(
+                "ingest.max_event_bytes",
+                "must not exceed ingest.max_body_bytes",
+            ));
+        }
+        if ingest.max_inflight_bytes < ingest.max_body_bytes {
+            return Err(error_at(
+                "ingest.max_inflight_bytes",
+                "must be at least ingest.max_body_bytes",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.outbox.commit_max_events) {
+            return Err(error_at(
+                "outbox.commit_max_events",
+                "must be between 1 and 1000000",
+            ));
+        }
+        resolve_secret(
+            "ingest.auth_token",
+            ingest.auth_token.as_ref(),
+            ingest.auth_token_env.as_deref(),
+            ingest.auth_token_file.as_deref(),
+        )?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            error_at(
+                "log.level",
+                format!("`{}` is not a log filter: {e}", self.log.level),
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        parse_listen("", &self.ingest.http_listen).ok()
+    }
+
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        parse_listen("", &self.metrics.listen).ok()
+    }
+
+    pub fn unix_socket_path(&self) -> Option<PathBuf> {
+        (!self.ingest.unix_socket.is_empty()).then(|| self.data_dir.join(&self.ingest.unix_socket))
+    }
+
+    pub fn unix_socket_mode(&self) -> Result<u32, ConfigError> {
+        let mode = &self.ingest.unix_socket_mode;
+        u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                error_at(
+                    "ingest.unix_socket_mode",
+                    format!("`{mode}` is not an octal file mode such as \"0660\""),
+                )
+            })
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("outbox.db")
+    }
+
+    pub fn auth_token(&self) -> Option<String> {
+        let ingest = &self.ingest;
+        resolve_secret(
+            "ingest.auth_token",
+            ingest.auth_token.as_ref(),
+            ingest.auth_token_env.as_deref(),
+            ingest.auth_token_file.as_deref(),
+        )
+        .ok()
+        .flatten()
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn describe_config_error(error: config::ConfigError) -> String {
+    error.to_string()
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(error_at(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn parse_listen(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        error_at(
+            key,
+            format!("`{text}` is not an address such as \"127.0.0.1:9811\" (\"\" disables)"),
+        )
+    })
+}
+
+/// A secret value: masked whenever the config is printed or logged.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"****\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("****")
+    }
+}
+
+/// Resolves a secret given directly (`key`), by environment variable
+/// (`key_env`) or by file (`key_file`); at most one may be set.
+pub fn resolve_secret(
+    key: &str,
+    direct: Option<&Secret>,
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    let given = [direct.is_some(), env.is_some(), file.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(error_at(
+            key,
+            format!("set only one of {key}, {key}_env, {key}_file"),
+        ));
+    }
+    if let Some(secret) = direct {
+        return non_empty_secret(key, secret.expose().to_string()).map(Some);
+    }
+    if let Some(var) = env {
+        let value = std::env::var(var).map_err(|_| {
+            error_at(
+                &format!("{key}_env"),
+                format!("environment variable `{var}` is not set"),
+            )
+        })?;
+        return non_empty_secret(&format!("{key}_env"), value).map(Some);
+    }
+    if let Some(path) = file {
+        let value = std::fs::read_to_string(path).map_err(|e| {
+            error_at(
+                &format!("{key}_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        return non_empty_secret(
+            &format!("{key}_file"),
+            value.trim_end_matches(['\n', '\r']).to_string(),
+        )
+        .map(Some);
+    }
+    Ok(None)
+}
+
+fn non_empty_secret(key: &str, value: String) -> Result<String, ConfigError> {
+    if value.is_empty() {
+        return Err(error_at(key, "the secret is empty"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(Source::File(file.path()), env)
+    }
+
+    #[test]
+    fn embedded_default_loads() {
+        let config = Config::load_with_env(Source::Embedded, []).unwrap();
+        assert_eq!(config.http_listen().unwrap().to_string(), "127.0.0.1:9811");
+        assert_eq!(
+            config.metrics_listen().unwrap().to_string(),
+            "127.0.0.1:9812"
+        );
+        assert_eq!(
+            config.unix_socket_path().unwrap(),
+            PathBuf::from("./outboxd-data/outboxd.sock")
+        );
+        assert_eq!(config.outbox.sync, SyncMode::Full);
+    }
+
+    #[test]
+    fn the_example_file_spells_out_every_default() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/outboxd.toml");
+        let loaded = Config::load_with_env(Source::File(&example), []).unwrap();
+        assert_eq!(loaded, Config::default());
+        // Every key of the effective config appears, uncommented, in the example.
+        let text = std::fs::read_to_string(&example).unwrap();
+        let rendered: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        for (section, value) in rendered {
+            match value {
+                toml::Value::Table(keys) => {
+                    assert!(
+                        text.contains(&format!("[{section}]")),
+                        "example lacks [{section}]"
+                    );
+                    for key in keys.keys() {
+                        assert!(
+                            text.contains(&format!("\n{key} =")),
+                            "example lacks {section}.{key}"
+                        );
+                    }
+                }
+                _ => assert!(
+                    text.contains(&format!("\n{section} =")),
+                    "example lacks {section}"
+                ),
+            }
+        }
+        for optional in ["auth_token =", "auth_token_env =", "auth_token_file ="] {
+            assert!(
+                text.contains(optional),
+                "example does not document {optional}"
+            );
+        }
+    }
+
+    #[test]
+    fn human_units_and_env_overrides() {
+        let config = load_text(
+            "[ingest]\nmax_body_bytes = \"16MiB\"\ndedup_window = \"10m\"\n",
+            &[
+                ("OUTBOXD_OUTBOX__MAX_BYTES", "2GiB"),
+                ("OUTBOXD_INGEST__MAX_DEPTH", "32"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.ingest.max_body_bytes, ByteSize::mib(16));
+        assert_eq!(config.ingest.dedup_window, HumanDuration::secs(600));
+        assert_eq!(config.outbox.max_bytes, ByteSize::gib(2));
+        assert_eq!(config.ingest.max_depth, 32);
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            ("[ingest]\nmax_bodybytes = 5\n", &[], "max_bodybytes"),
+            ("[ingest]\nmax_depth = \"deep\"\n", &[], "ingest.max_depth"),
+            ("[outbox]\nmax_bytes = \"lots\"\n", &[], "outbox.max_bytes"),
+            ("[outbox]\nwhen_full = \"panic\"\n", &[], "outbox.when_full"),
+            ("[outbox]\nmax_bytes = 0\n", &[], "outbox.max_bytes"),
+            (
+                "[ingest]\ndedup_window = \"forever\"\n",
+                &[],
+                "ingest.dedup_window",
+            ),
+            (
+                "[ingest]\nhttp_listen = \"localhost\"\n",
+                &[],
+                "ingest.http_listen",
+            ),
+            (
+                "[ingest]\nunix_socket_mode = \"rw\"\n",
+                &[],
+                "ingest.unix_socket_mode",
+            ),
+            ("[ingest]\nmax_depth = 0\n", &[], "ingest.max_depth"),
+            ("bogus = 1\n", &[], "bogus"),
+            ("", &[("OUTBOXD_INGEST__NOPE", "1")], "nope"),
+            (
+                "",
+                &[("OUTBOXD_INGEST__AUTH_TOKEN_ENV", "OUTBOXD_TEST_UNSET_VAR")],
+                "ingest.auth_token_env",
+            ),
+            (
+                "[ingest]\nauth_token = \"a\"\nauth_token_env = \"B\"\n",
+                &[],
+                "ingest.auth_token",
+            ),
+        ];
+        for (text, env, key) in cases {
+            let error = load_text(text, env).expect_err(text).to_string();
+            assert!(
+                error.contains(key),
+                "error for {text:?} should name {key}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn printing_masks_secrets() {
+        let config = load_text("[ingest]\nauth_token = \"hunter2\"\n", &[]).unwrap();
+        let printed = config.to_toml();
+        assert!(!printed.contains("hunter2"));
+        assert!(printed.contains("auth_token = \"****\""));
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(config.auth_token().as_deref(), Some("hunter2"));
+    }
+}

@@ -1,0 +1,212 @@
+//! The ingest API: one axum router, served on TCP and on the Unix socket.
+//!
+//! `POST /v1/events` turns a body into events (all or nothing), hands them
+//! to the outbox writer and answers only once they are committed.
+
+mod decode;
+mod error;
+pub mod listen;
+
+use crate::config::Config;
+use crate::event::parse::{parse_body, Limits};
+use crate::outbox::{now_ms, Outbox};
+use crate::telemetry::names;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use error::IngestError;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+/// Permits of the in-flight semaphore count KiB, so a permit count fits u32.
+const PERMIT_BYTES: usize = 1024;
+
+struct Shared {
+    outbox: Outbox,
+    limits: Limits,
+    max_body_bytes: usize,
+    inflight: Semaphore,
+    inflight_permits: u32,
+}
+
+/// Router state: shared parts plus what differs per listener.
+#[derive(Clone)]
+pub struct IngestState {
+    shared: Arc<Shared>,
+    /// Bearer token required on this listener, if any.
+    token: Option<Arc<str>>,
+}
+
+impl IngestState {
+    pub fn new(config: &Config, outbox: Outbox) -> Self {
+        let permits = (config.ingest.max_inflight_bytes.as_usize() / PERMIT_BYTES)
+            .clamp(1, u32::MAX as usize >> 4) as u32;
+        IngestState {
+            shared: Arc::new(Shared {
+                outbox,
+                limits: Limits {
+                    max_events: config.ingest.max_events_per_request,
+                    max_event_bytes: config.ingest.max_event_bytes.as_usize(),
+                    max_depth: config.ingest.max_depth,
+                },
+                max_body_bytes: config.ingest.max_body_bytes.as_usize(),
+                inflight: Semaphore::new(permits as usize),
+                inflight_permits: permits,
+            }),
+            token: None,
+        }
+    }
+
+    /// The same state, requiring `Authorization: Bearer <token>`.
+    pub fn with_token(&self, token: Option<String>) -> Self {
+        IngestState {
+            shared: self.shared.clone(),
+            token: token.map(Arc::from),
+        }
+    }
+}
+
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            IngestError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; POST /v1/events",
+            )
+        })
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: usize,
+    duplicates: usize,
+    last_seq: i64,
+}
+
+async fn post_events(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let response = match ingest(&state, &headers, body).await {
+        Ok(accepted) => {
+            metrics::counter!(names::INGEST_EVENTS_ACCEPTED).increment(accepted.accepted as u64);
+            metrics::counter!(names::INGEST_DUPLICATES).increment(accepted.duplicates as u64);
+            (StatusCode::OK, Json(accepted)).into_response()
+        }
+        Err(error) => {
+            metrics::counter!(names::INGEST_REJECTED, "reason" => error.code).increment(1);
+            if error.status.is_server_error() {
+                tracing::warn!(status = %error.status, reason = error.code, "{}", error.message);
+            } else {
+                tracing::debug!(status = %error.status, reason = error.code, "{}", error.message);
+            }
+            error.into_response()
+        }
+    };
+    metrics::counter!(names::INGEST_REQUESTS, "status" => response.status().as_str().to_owned())
+        .increment(1);
+    metrics::histogram!(names::INGEST_DURATION).record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn authorized(expected: &str, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant-time comparison: the token is a secret.
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn ingest(
+    state: &IngestState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, IngestError> {
+    if let Some(token) = &state.token {
+        if !authorized(token, headers) {
+            return Err(IngestError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong `Authorization: Bearer` token",
+            ));
+        }
+    }
+    let shared = &state.shared;
+    let format = decode::format_of(headers)?;
+    let encoding = decode::encoding_of(headers)?;
+    let max = shared.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    // Bound memory whatever the load: a request holds permits for its raw
+    // body, and for the decoded body when it is encoded.
+    let raw = declared.map_or(max, |n| n as usize);
+    let needed = if encoding == decode::Encoding::Identity {
+        raw
+    } else {
+        raw + max
+    };
+    let permits = (needed.div_ceil(PERMIT_BYTES) as u32).clamp(1, shared.inflight_permits);
+    let _permit = shared.inflight.acquire_many(permits).await.map_err(|_| {
+        IngestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "outboxd is shutting down",
+        )
+    })?;
+    let bytes = http_body_util::Limited::new(body, max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large(max)
+            } else {
+                IngestError::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_read_failed",
+                    format!("reading the body failed: {e}"),
+                )
+            }
+        })?
+        .to_bytes();
+    metrics::counter!(names::INGEST_BYTES).increment(bytes.len() as u64);
+    let decoded = decode::decode(bytes, encoding, max)?;
+    let events = parse_body(&decoded, format, &shared.limits, now_ms())?;
+    drop(decoded);
+    let ack = shared.outbox.append(events).await?;
+    Ok(Accepted {
+        accepted: ack.accepted,
+        duplicates: ack.duplicates,
+        last_seq: ack.last_seq,
+    })
+}
+
+fn too_large(max: usize) -> IngestError {
+    IngestError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("body exceeds ingest.max_body_bytes ({max})"),
+    )
+}

@@ -1,0 +1,17 @@
+//! outboxd: a durable outbox sidecar for AI-agent event streams.
+//!
+//! Events arrive over HTTP or a Unix socket ([`ingest`]), become durable in
+//! a SQLite outbox ([`outbox`]) before they are acknowledged, and are
+//! reported on through [`ops`]. See ARCHITECTURE.md for the map.
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod ingest;
+pub mod ops;
+pub mod outbox;
+pub mod send;
+pub mod shutdown;
+pub mod telemetry;
+pub mod units;

@@ -1,0 +1,145 @@
+//! The `outboxd` command line: thin wrappers around the library.
+
+use clap::{Parser, Subcommand};
+use outboxd::client::{Client, Target};
+use outboxd::config::{Config, Source};
+use outboxd::send::{send, SendOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "outboxd",
+    version,
+    about = "A durable outbox sidecar for AI-agent event streams"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (on the embedded default config without --config).
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective config, secrets masked.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Post NDJSON (or a JSON array) events from FILE or stdin.
+    Send {
+        /// outboxd's HTTP address [default: http://127.0.0.1:9811].
+        #[arg(long, conflicts_with = "socket")]
+        url: Option<String>,
+        /// outboxd's Unix socket instead of HTTP.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Events per request.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch: u32,
+        /// Bearer token, when ingest.auth_token is set.
+        #[arg(long)]
+        token: Option<String>,
+        /// Input file; "-" or nothing reads stdin.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            let source = match &config {
+                Some(path) => Source::File(path),
+                None => Source::Embedded,
+            };
+            let config = match Config::load(source) {
+                Ok(config) => config,
+                Err(e) => return fail(format!("invalid configuration: {e}")),
+            };
+            outboxd::telemetry::init_logging(&config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            match runtime
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(outboxd::daemon::run(config)))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    fail(format!("{e:#}"))
+                }
+            }
+        }
+        Command::CheckConfig { file } => match Config::load(Source::File(&file)) {
+            Ok(config) => {
+                print!("{}", config.to_toml());
+                eprintln!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("{}: {e}", file.display())),
+        },
+        Command::Send {
+            url,
+            socket,
+            batch,
+            token,
+            file,
+        } => {
+            let target = match (url, socket) {
+                (_, Some(socket)) => Ok(Target::unix(socket, "/v1/events")),
+                (url, None) => Target::from_url(
+                    url.as_deref().unwrap_or("http://127.0.0.1:9811"),
+                    "/v1/events",
+                ),
+            };
+            let target = match target {
+                Ok(target) => target,
+                Err(e) => return fail(e.to_string()),
+            };
+            let input: Box<dyn std::io::BufRead> = match file.as_deref() {
+                None => Box::new(std::io::stdin().lock()),
+                Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
+                Some(p) => match std::fs::File::open(p) {
+                    Ok(f) => Box::new(std::io::BufReader::new(f)),
+                    Err(e) => return fail(format!("cannot open {}: {e}", p.display())),
+                },
+            };
+            let options = SendOptions {
+                batch_events: batch as usize,
+                batch_bytes: 4 << 20,
+                token,
+                retries: 5,
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(e.to_string()),
+            };
+            let mut client = Client::new(target);
+            match runtime.block_on(send(&mut client, input, &options)) {
+                Ok(report) => {
+                    println!(
+                        "accepted {} events ({} duplicates) in {} requests; last_seq {}",
+                        report.accepted, report.duplicates, report.requests, report.last_seq
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("outboxd: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,139 @@
+//! The SQLite outbox: where an event becomes durable before it is
+//! acknowledged, and where sinks read from.
+//!
+//! One writer task ([`writer`]) owns every write and allocates `seq`; the
+//! rest of the daemon talks to it through the [`Outbox`] handle. Reads go
+//! through a small pool of read-only connections.
+
+mod open;
+mod writer;
+
+pub use open::{open, OpenError, Opened};
+
+use crate::event::Event;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a committed append reports back to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// The highest seq in the outbox after this commit.
+    pub last_seq: i64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// `outbox.max_bytes` is reached and `when_full = "reject"`.
+    #[error("{message}")]
+    Full {
+        message: String,
+        retry_after: Duration,
+    },
+    /// The request alone is larger than the whole outbox quota.
+    #[error("{0}")]
+    LargerThanQuota(String),
+    /// The disk (or filesystem quota) is full: nothing of the request was stored.
+    #[error("{0}")]
+    DiskFull(String),
+    /// Any other storage failure: nothing of the request was stored.
+    #[error("{0}")]
+    Storage(String),
+    /// The daemon is shutting down.
+    #[error("outboxd is shutting down")]
+    Closed,
+}
+
+pub(crate) enum Command {
+    Append {
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<AppendAck, AppendError>>,
+    },
+    Probe {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Figures the writer keeps current, read by metrics and readiness.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub last_seq: AtomicI64,
+    pub events: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Why the last write failed, cleared by the next successful commit.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A cloneable handle to the outbox.
+#[derive(Clone)]
+pub struct Outbox {
+    commands: mpsc::Sender<Command>,
+    readers: sqlx::SqlitePool,
+    stats: Arc<Stats>,
+    max_bytes: u64,
+}
+
+impl Outbox {
+    /// Appends one request's events as a unit: all are committed (and, with
+    /// `sync = "full"`, fsynced) before this returns Ok, or none are.
+    pub async fn append(&self, events: Vec<Event>) -> Result<AppendAck, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Append { events, reply })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        answer.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Ok when the writer answers promptly and its last write succeeded.
+    pub async fn check_writable(&self) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        let probe = async {
+            self.commands
+                .send(Command::Probe { reply })
+                .await
+                .map_err(|_| "the outbox writer has stopped".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the outbox writer has stopped".to_string())?
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(result) => result,
+            Err(_) => Err("the outbox writer did not answer within 2s".into()),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    pub fn last_seq(&self) -> i64 {
+        self.stats.last_seq.load(Ordering::Relaxed)
+    }
+
+    /// Receive time (unix ms) of the oldest event in the outbox.
+    pub async fn oldest_received_ms(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT received_ms FROM events ORDER BY seq LIMIT 1")
+            .fetch_optional(&self.readers)
+            .await
+    }
+
+    pub fn readers(&self) -> &sqlx::SqlitePool {
+        &self.readers
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,116 @@
+//! Metric names in one place, the Prometheus recorder, and logging set-up.
+
+use crate::config::{LogConfig, LogFormat};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub mod names {
+    pub const INGEST_REQUESTS: &str = "outboxd_ingest_requests_total";
+    pub const INGEST_EVENTS_ACCEPTED: &str = "outboxd_ingest_events_accepted_total";
+    pub const INGEST_DUPLICATES: &str = "outboxd_ingest_duplicates_total";
+    pub const INGEST_REJECTED: &str = "outboxd_ingest_rejected_requests_total";
+    pub const INGEST_BYTES: &str = "outboxd_ingest_bytes_total";
+    pub const INGEST_DURATION: &str = "outboxd_ingest_request_duration_seconds";
+    pub const OUTBOX_EVENTS: &str = "outboxd_outbox_events";
+    pub const OUTBOX_BYTES: &str = "outboxd_outbox_bytes";
+    pub const OUTBOX_MAX_BYTES: &str = "outboxd_outbox_max_bytes";
+    pub const OUTBOX_LAST_SEQ: &str = "outboxd_outbox_last_seq";
+    pub const OUTBOX_OLDEST_AGE: &str = "outboxd_outbox_oldest_event_age_seconds";
+    pub const OUTBOX_EVICTED: &str = "outboxd_outbox_evicted_events_total";
+    pub const COMMIT_BATCH_EVENTS: &str = "outboxd_outbox_commit_batch_events";
+    pub const COMMIT_DURATION: &str = "outboxd_outbox_commit_duration_seconds";
+}
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus recorder (once per process) and describes every metric.
+pub fn install_metrics() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_events".into()), COUNT_BUCKETS)
+                })
+                .expect("buckets are non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use names::*;
+    describe_counter!(INGEST_REQUESTS, "Ingest requests answered, by HTTP status.");
+    describe_counter!(INGEST_EVENTS_ACCEPTED, "Events committed to the outbox.");
+    describe_counter!(
+        INGEST_DUPLICATES,
+        "Events skipped because their id was accepted within the dedup window."
+    );
+    describe_counter!(INGEST_REJECTED, "Ingest requests refused, by reason.");
+    describe_counter!(
+        INGEST_BYTES,
+        Unit::Bytes,
+        "Request body bytes received, as sent (before decoding)."
+    );
+    describe_histogram!(
+        INGEST_DURATION,
+        Unit::Seconds,
+        "Time from request to answer, commit included."
+    );
+    describe_gauge!(OUTBOX_EVENTS, "Events in the outbox.");
+    describe_gauge!(
+        OUTBOX_BYTES,
+        Unit::Bytes,
+        "Bytes the outbox's events count against outbox.max_bytes."
+    );
+    describe_gauge!(
+        OUTBOX_MAX_BYTES,
+        Unit::Bytes,
+        "The outbox quota, outbox.max_bytes."
+    );
+    describe_gauge!(OUTBOX_LAST_SEQ, "The highest seq assigned.");
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest event in the outbox (0 when empty)."
+    );
+    describe_counter!(
+        OUTBOX_EVICTED,
+        "Events evicted by outbox.when_full = \"drop_oldest\"."
+    );
+    describe_histogram!(COMMIT_BATCH_EVENTS, "Events per group commit.");
+    describe_histogram!(
+        COMMIT_DURATION,
+        Unit::Seconds,
+        "Duration of one group commit, fsync included."
+    );
+}
+
+/// Sets up tracing: `RUST_LOG` wins over `log.level`.
+pub fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let result = match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("logging was already set up: {e}");
+    }
+}
