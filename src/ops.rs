@@ -54,7 +54,7 @@ async fn ready(State(state): State<OpsState>) -> (StatusCode, String) {
     }
     let stats = state.outbox.stats();
     let used = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
-    if used >= state.outbox.max_bytes() {
+    if stats.full.load(std::sync::atomic::Ordering::Relaxed) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

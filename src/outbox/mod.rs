@@ -65,6 +65,8 @@ pub struct Stats {
     pub bytes: AtomicU64,
     /// Why the last write failed, cleared by the next successful commit.
     pub last_error: Mutex<Option<String>>,
+    /// A request was refused for the quota and none has been accepted since.
+    pub full: std::sync::atomic::AtomicBool,
 }
 
 /// A cloneable handle to the outbox.

@@ -162,6 +162,12 @@ impl Writer {
             Err(e) => return self.fail(group, e).await,
         };
         let (plan, refused) = self.plan(&mut group, &known);
+        if refused
+            .iter()
+            .any(|(_, e)| matches!(e, AppendError::Full { .. }))
+        {
+            self.stats.full.store(true, Ordering::Relaxed);
+        }
         for (pending, error) in refused {
             let _ = pending.reply.send(Err(error));
         }
@@ -176,6 +182,9 @@ impl Writer {
         self.events += plan.events - committed.evicted_events;
         self.bytes += plan.bytes - committed.evicted_bytes;
         *self.stats.last_error.lock().expect("stats lock") = None;
+        if plan.events > 0 {
+            self.stats.full.store(false, Ordering::Relaxed);
+        }
         self.publish();
         let total: usize = group.iter().map(|p| p.events.len()).sum();
         metrics::histogram!(names::COMMIT_BATCH_EVENTS).record(total as f64);

@@ -1,0 +1,257 @@
+//! Test support: runs the real `outboxd` binary on loopback ports in a
+//! temporary directory, and reads its outbox database directly.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use outboxd::client::{Answer, Client, Target};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::ConnectOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_outboxd")
+}
+
+/// A running daemon with its own data dir and ports.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub http_port: u16,
+    pub metrics_port: u16,
+    child: Option<Child>,
+}
+
+/// Merges `extra` (TOML) over the base config for this daemon.
+fn write_config(dir: &Path, http_port: u16, metrics_port: u16, extra: &str) -> PathBuf {
+    let mut config: toml::Table = toml::from_str(&format!(
+        "data_dir = {:?}\n[ingest]\nhttp_listen = \"127.0.0.1:{http_port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[log]\nlevel = \"debug\"\n",
+        dir.join("data").display().to_string()
+    ))
+    .unwrap();
+    let extra: toml::Table = toml::from_str(extra).expect("test config is TOML");
+    for (key, value) in extra {
+        match (config.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(more)) => base.extend(more),
+            (_, value) => {
+                config.insert(key, value);
+            }
+        }
+    }
+    let path = dir.join("outboxd.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+impl Daemon {
+    pub async fn start(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let (http_port, metrics_port) = (free_port(), free_port());
+        let config_path = write_config(dir.path(), http_port, metrics_port, extra);
+        let mut daemon = Daemon {
+            dir,
+            config_path,
+            http_port,
+            metrics_port,
+            child: None,
+        };
+        daemon.spawn().await;
+        daemon
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir().join("outboxd.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("outboxd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Starts the binary and waits until it answers.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("outboxd.log"))
+            .unwrap();
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("outboxd exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(answer) = self.client().get("/healthz").await {
+                if answer.status.is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outboxd did not start:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("outboxd did not stop after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "clean exit expected, got {status}");
+        self.spawn().await;
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(
+            Target::from_url(
+                &format!("http://127.0.0.1:{}", self.http_port),
+                "/v1/events",
+            )
+            .unwrap(),
+        )
+    }
+
+    pub fn unix_client(&self) -> Client {
+        Client::new(Target::unix(self.socket(), "/v1/events"))
+    }
+
+    pub fn metrics_client(&self) -> Client {
+        Client::new(
+            Target::from_url(
+                &format!("http://127.0.0.1:{}", self.metrics_port),
+                "/metrics",
+            )
+            .unwrap(),
+        )
+    }
+
+    pub async fn post(&self, content_type: &str, body: impl Into<Bytes>) -> Answer {
+        self.client().post(content_type, body.into()).await.unwrap()
+    }
+
+    pub async fn post_with(&self, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
+        self.client()
+            .request(hyper::Method::POST, None, headers, body.into())
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let answer = self.metrics_client().get("/metrics").await.unwrap();
+        assert!(answer.status.is_success());
+        String::from_utf8(answer.body.to_vec()).unwrap()
+    }
+
+    /// Every event in the outbox, in seq order, read straight from SQLite.
+    pub async fn stored(&self) -> Vec<Stored> {
+        stored_in(&self.data_dir().join("outbox.db")).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: i64,
+    pub id: String,
+    pub event_type: String,
+    pub body: serde_json::Value,
+}
+
+pub async fn stored_in(db: &Path) -> Vec<Stored> {
+    let mut connection = SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .connect()
+        .await
+        .unwrap();
+    let rows: Vec<(i64, String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, id, type, body FROM events ORDER BY seq")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(seq, id, event_type, body)| Stored {
+            seq,
+            id,
+            event_type,
+            body: serde_json::from_slice(&body).expect("stored bodies are JSON"),
+        })
+        .collect()
+}
+
+/// The value of one sample line (`name{labels} value`) in Prometheus text.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need if it is missing, then
+# runs every unit and integration test against the real binary.
+#   ./tests/run.sh            everything
+#   ./tests/run.sh ingest     only tests whose name contains "ingest"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# promtool (Debian package `prometheus`) checks the /metrics output.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "tests/run.sh: installing promtool (Debian package prometheus)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+if command -v rustfmt >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+fi
+cargo test --locked --all-targets "$@"
