@@ -76,9 +76,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         servers.abort_all();
     }
     // The writer stops once the last outbox handle is gone.
-    let outbox::Opened { outbox, writer, .. } = opened;
+    let outbox::Opened {
+        outbox,
+        writer_stopped,
+        ..
+    } = opened;
     drop(outbox);
-    if tokio::time::timeout(DRAIN_TIMEOUT, writer).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, writer_stopped)
+        .await
+        .is_err()
+    {
         tracing::warn!("the outbox writer did not stop in time");
     }
     drop(socket_file);

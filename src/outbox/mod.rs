@@ -5,6 +5,7 @@
 //! rest of the daemon talks to it through the [`Outbox`] handle. Reads go
 //! through a small pool of read-only connections.
 
+mod checkpoint;
 mod open;
 mod writer;
 
@@ -55,6 +56,8 @@ pub(crate) enum Command {
     Probe {
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Wakes an idle writer for its periodic housekeeping.
+    Tick,
 }
 
 /// Figures the writer keeps current, read by metrics and readiness.

@@ -2,6 +2,7 @@
 //! the running totals, start the writer. Every failure names the file and
 //! what to do, so a bad database never becomes a crash loop.
 
+use super::checkpoint;
 use super::writer::{Writer, WriterSettings};
 use super::{Outbox, Stats};
 use crate::config::{Config, SyncMode};
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -21,11 +22,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[error("{0}")]
 pub struct OpenError(String);
 
-/// An open outbox: the handle, the writer task, and the data-dir lock that
-/// keeps a second daemon off the same files.
+/// An open outbox: the handle, the writer (resolves when it stopped), and
+/// the data-dir lock that keeps a second daemon off the same files.
 pub struct Opened {
     pub outbox: Outbox,
-    pub writer: JoinHandle<()>,
+    pub writer_stopped: oneshot::Receiver<()>,
     _lock: File,
 }
 
@@ -163,8 +164,22 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
     let (commands, inbox) = tokio::sync::mpsc::channel(1024);
     let settings = WriterSettings::from_config(config);
     let max_bytes = settings.max_bytes;
+    close(connection).await;
+    let connection = writer_connection(&path, config.outbox.sync)?;
     let writer = Writer::new(connection, settings, stats.clone(), last_seq, events, bytes);
-    let writer = tokio::spawn(writer.run(inbox));
+    let checkpointer =
+        checkpoint::Checkpointer::start(writer_connection(&path, config.outbox.sync)?)
+            .map_err(|e| OpenError(format!("cannot start the checkpoint thread: {e}")))?;
+    let (stopped, writer_stopped) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("outbox-writer".into())
+        .spawn(move || {
+            writer.run(inbox);
+            checkpointer.stop();
+            let _ = stopped.send(());
+        })
+        .map_err(|e| OpenError(format!("cannot start the outbox writer thread: {e}")))?;
+    tokio::spawn(tick(commands.downgrade()));
     tracing::info!(path = %path.display(), last_seq, events, bytes, "outbox open");
     Ok(Opened {
         outbox: Outbox {
@@ -173,13 +188,49 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
             stats,
             max_bytes,
         },
-        writer,
+        writer_stopped,
         _lock: lock,
     })
 }
 
-/// Closes a connection cleanly (checkpointing the WAL).
-pub(crate) async fn close(connection: sqlx::SqliteConnection) {
+/// Wakes an idle writer once a second (for dedup pruning); ends with the outbox.
+async fn tick(commands: tokio::sync::mpsc::WeakSender<super::Command>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let Some(commands) = commands.upgrade() else {
+            return;
+        };
+        let _ = commands.try_send(super::Command::Tick);
+    }
+}
+
+/// A synchronous connection for the writer or the checkpointer. The WAL
+/// backstop and size limit keep the WAL near 64 MiB even under full load.
+fn writer_connection(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection, OpenError> {
+    let connection = rusqlite::Connection::open(path).map_err(|e| {
+        OpenError(format!(
+            "outbox database {}: opening the writer failed: {e}",
+            path.display()
+        ))
+    })?;
+    let synchronous = match sync {
+        SyncMode::Full => "FULL",
+        SyncMode::Normal => "NORMAL",
+    };
+    connection
+        .execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000; \
+             PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 16384; \
+             PRAGMA journal_size_limit = 67108864;"
+        ))
+        .map_err(|e| OpenError(format!("outbox database {}: setting up the writer failed: {e}", path.display())))?;
+    connection.set_prepared_statement_cache_capacity(32);
+    Ok(connection)
+}
+
+/// Closes a connection cleanly.
+async fn close(connection: sqlx::SqliteConnection) {
     if let Err(e) = connection.close().await {
         tracing::warn!(error = %e, "closing the outbox database");
     }
