@@ -68,6 +68,8 @@ pub struct Stats {
     pub bytes: AtomicU64,
     /// Why the last write failed, cleared by the next successful commit.
     pub last_error: Mutex<Option<String>>,
+    /// Bytes committed since the last WAL checkpoint.
+    pub written_since_checkpoint: Arc<AtomicU64>,
     /// A request was refused for the quota and none has been accepted since.
     pub full: std::sync::atomic::AtomicBool,
 }

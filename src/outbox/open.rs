@@ -167,9 +167,11 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
     close(connection).await;
     let connection = writer_connection(&path, config.outbox.sync)?;
     let writer = Writer::new(connection, settings, stats.clone(), last_seq, events, bytes);
-    let checkpointer =
-        checkpoint::Checkpointer::start(writer_connection(&path, config.outbox.sync)?)
-            .map_err(|e| OpenError(format!("cannot start the checkpoint thread: {e}")))?;
+    let checkpointer = checkpoint::Checkpointer::start(
+        writer_connection(&path, config.outbox.sync)?,
+        stats.written_since_checkpoint.clone(),
+    )
+    .map_err(|e| OpenError(format!("cannot start the checkpoint thread: {e}")))?;
     let (stopped, writer_stopped) = oneshot::channel();
     std::thread::Builder::new()
         .name("outbox-writer".into())

@@ -253,6 +253,9 @@ impl Writer {
         )?;
         tx.commit()?;
         (self.last_seq, self.events, self.bytes) = (last_seq, events, bytes);
+        self.stats
+            .written_since_checkpoint
+            .fetch_add(plan.bytes as u64, Ordering::Relaxed);
         Ok(Committed { evicted_events })
     }
 
