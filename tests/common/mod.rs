@@ -120,6 +120,11 @@ impl Daemon {
         }
     }
 
+    /// Hands the process over to the test (it is no longer killed on drop).
+    pub fn take_child(&mut self) -> Child {
+        self.child.take().expect("running")
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");

@@ -1,0 +1,101 @@
+//! Signals: SIGTERM under load finishes in-flight requests and exits 0 with
+//! every acknowledged event stored; a second signal exits at once.
+
+mod common;
+
+use bytes::Bytes;
+use common::Daemon;
+use hyper::StatusCode;
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
+    let mut daemon = Daemon::start("").await;
+    let port = daemon.http_port;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..6 {
+        tasks.spawn(async move {
+            let mut client = outboxd::client::Client::new(
+                outboxd::client::Target::from_url(
+                    &format!("http://127.0.0.1:{port}"),
+                    "/v1/events",
+                )
+                .unwrap(),
+            );
+            let mut acked = Vec::new();
+            for request in 0.. {
+                let ids: Vec<String> = (0..10)
+                    .map(|i| format!("t{worker}-{request}-{i}"))
+                    .collect();
+                let body: String = ids
+                    .iter()
+                    .map(|id| format!("{{\"type\":\"t\",\"id\":\"{id}\"}}\n"))
+                    .collect();
+                match client.post("application/x-ndjson", Bytes::from(body)).await {
+                    Ok(answer) if answer.status == StatusCode::OK => acked.extend(ids),
+                    _ => break,
+                }
+            }
+            acked
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = daemon.terminate();
+        (status, daemon)
+    });
+    let (status, daemon) = status.await.unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM should exit 0, got {status}:\n{}",
+        daemon.log()
+    );
+    let mut acked = Vec::new();
+    while let Some(ids) = tasks.join_next().await {
+        acked.extend(ids.unwrap());
+    }
+    assert!(!acked.is_empty());
+    let stored: HashSet<String> = daemon.stored().await.into_iter().map(|s| s.id).collect();
+    let lost = acked.iter().filter(|id| !stored.contains(*id)).count();
+    assert_eq!(
+        lost, 0,
+        "acknowledged events missing after a clean shutdown"
+    );
+    assert!(daemon.log().contains("stopped"));
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_even_with_a_request_hanging() {
+    let mut daemon = Daemon::start("").await;
+    // A client that sends half a body and then nothing keeps a request in flight.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", daemon.http_port)).unwrap();
+    stalled
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut child = daemon.take_child();
+    let pid = child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the request in flight"
+    );
+    let started = Instant::now();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "second signal did not exit at once"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1));
+    assert!(daemon.log().contains("second signal"));
+    drop(stalled);
+}
