@@ -81,6 +81,10 @@ async fn drop_oldest_keeps_the_newest_and_counts_evictions() {
         Some(stored.len() as f64)
     );
     assert!(sample(&metrics, "outboxd_outbox_bytes").unwrap() <= 8192.0);
+    // Dedup outlives the event: d0 was evicted, and is still a duplicate.
+    let again = daemon.post("application/json", event("d0")).await;
+    assert_eq!(again.json()["duplicates"], 1);
+    assert!(daemon.stored().await.iter().all(|s| s.id != "d0"));
 }
 
 #[tokio::test]
@@ -286,6 +290,47 @@ async fn a_second_daemon_on_the_same_data_dir_or_socket_is_refused() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a socket"));
     assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "keep me");
+    // A socket some other process listens on is left alone.
+    let taken = dir.path().join("taken.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&taken).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[ingest]\nhttp_listen = \"\"\nunix_socket = {:?}\n[metrics]\nlisten = \"\"\n",
+            dir.path().join("data").display().to_string(),
+            taken.display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("another process is listening"));
+    assert!(
+        std::os::unix::net::UnixStream::connect(&taken).is_ok(),
+        "the other socket still works"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let mut daemon = Daemon::start("[log]\nformat = \"json\"\n").await;
+    assert!(daemon.terminate().success());
+    let log = daemon.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(log.contains("\"outboxd ready\""));
 }
 
 #[tokio::test]
