@@ -1,8 +1,10 @@
 //! Typed configuration: defaults, loading from TOML plus `OUTBOXD_*`
 //! environment overrides, validation with key paths, and secret indirection.
 
+use crate::sinks::config::SinkConfig;
 use crate::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,24 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+    /// Where events go: `[sinks.NAME]` with `kind = "s3" | "http" | "file"`.
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests and sink attempts may take after SIGTERM.
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: HumanDuration::secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,6 +127,8 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            sinks: BTreeMap::new(),
         }
     }
 }
@@ -277,6 +299,9 @@ impl Config {
             ingest.auth_token_env.as_deref(),
             ingest.auth_token_file.as_deref(),
         )?;
+        for (name, sink) in &self.sinks {
+            sink.validate(name).map_err(ConfigError)?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             error_at(
                 "log.level",
@@ -462,6 +487,9 @@ mod tests {
         let text = std::fs::read_to_string(&example).unwrap();
         let rendered: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
         for (section, value) in rendered {
+            if section == "sinks" {
+                continue; // user-named entries: checked by the next test
+            }
             match value {
                 toml::Value::Table(keys) => {
                     assert!(
@@ -485,6 +513,61 @@ mod tests {
             assert!(
                 text.contains(optional),
                 "example does not document {optional}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_sinks_parse_when_uncommented() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/outboxd.toml"),
+        )
+        .unwrap();
+        let block = example
+            .split("# --- sinks example begin\n")
+            .nth(1)
+            .and_then(|rest| rest.split("# --- sinks example end").next())
+            .expect("the example has a sinks block");
+        let text: String = block
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or("").to_string() + "\n")
+            .collect();
+        std::env::set_var("LAKE_ACCESS_KEY", "k");
+        std::env::set_var("INGEST_TOKEN", "t");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s\n").unwrap();
+        let text = text.replace(
+            "/run/secrets/lake-secret-key",
+            &secret.display().to_string(),
+        );
+        let config = load_text(&text, &[]).unwrap();
+        assert_eq!(config.sinks.len(), 3);
+        let lake = &config.sinks["lake"];
+        assert_eq!(lake.batch.max_age, HumanDuration::secs(60));
+        assert_eq!(config.sinks["ingest"].retry.max_attempts, Some(20));
+        let printed = config.to_toml();
+        assert!(!printed.contains("secret_key = \"s\""));
+    }
+
+    #[test]
+    fn sink_errors_name_the_sink_and_key() {
+        let cases = [
+            ("[sinks.a]\nkind = \"ftp\"\n", "sinks.a"),
+            ("[sinks.a]\nkind = \"file\"\ndirr = \"x\"\n", "dirr"),
+            ("[sinks.a]\nkind = \"http\"\nurl = \"not a url\"\n", "sinks.a.url"),
+            ("[sinks.a]\nkind = \"http\"\nurl = \"http://x\"\n[sinks.a.batch]\nmax_events = 0\n", "sinks.a.batch.max_events"),
+            ("[sinks.a]\nkind = \"s3\"\nendpoint = \"http://x\"\nbucket = \"b\"\n", "access_key"),
+            ("[sinks.a]\nkind = \"s3\"\nendpoint = \"http://x\"\nbucket = \"b\"\naccess_key = \"k\"\nsecret_key = \"s\"\nkey_template = \"{yyyy}.jsonl\"\n", "key_template"),
+            ("[sinks.a]\nkind = \"file\"\ndir = \"x\"\ninclude_types = [\"[\"]\n", "glob"),
+            ("[sinks.\"bad name\"]\nkind = \"file\"\ndir = \"x\"\n", "sink name"),
+            ("[sinks.a]\nkind = \"file\"\ndir = \"x\"\n[sinks.a.retry]\nmax_attempts = 0\n", "retry.max_attempts"),
+        ];
+        for (text, needle) in cases {
+            let error = load_text(text, &[]).expect_err(text).to_string();
+            assert!(
+                error.contains(needle),
+                "{text}: {error} should mention {needle}"
             );
         }
     }

@@ -2,23 +2,31 @@
 //! signal, then shuts down in order (listeners, then the writer).
 
 use crate::config::Config;
-use crate::ingest::{self, listen, IngestState};
+use crate::delivery::status::SinkStatus;
+use crate::delivery::Delivery;
+use crate::ingest::{self, admin::SinkRegistry, listen, IngestState};
 use crate::ops::{self, OpsState};
+use crate::outbox::{Outbox, SinkOp};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::sinks::Sink;
 use crate::{outbox, telemetry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-/// How long in-flight requests may take to finish after a signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
+    let drain_timeout = config.shutdown.drain_timeout.0;
     let opened = outbox::open(&config).await?;
     let trigger = ShutdownTrigger::new();
-
-    let ingest_state = IngestState::new(&config, opened.outbox.clone());
+    let sinks: SinkRegistry = Arc::new(
+        config
+            .sinks
+            .iter()
+            .map(|(name, sink)| Arc::new(SinkStatus::new(name, sink.kind.as_str(), 0)))
+            .collect(),
+    );
+    let ingest_state = IngestState::new(&config, opened.outbox.clone(), sinks.clone());
     let mut servers = JoinSet::new();
     let mut socket_file = None;
     if let Some(addr) = config.http_listen() {
@@ -42,11 +50,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let router = ops::router(OpsState {
             outbox: opened.outbox.clone(),
             metrics,
+            sinks: sinks.clone(),
         });
         tracing::info!(addr = %listener.local_addr()?, "metrics listening");
         servers.spawn(listen::serve_tcp(listener, router, trigger.subscribe()));
     }
     drop(ingest_state);
+    // Listeners are bound (a clash fails start-up before anything runs); now the sinks.
+    let mut deliveries = start_sinks(&config, &opened.outbox, &trigger, &sinks).await?;
     let trigger = Arc::new(trigger);
     tokio::spawn(watch_signals(trigger.clone()));
     tracing::info!(last_seq = opened.outbox.last_seq(), "outboxd ready");
@@ -54,14 +65,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Listeners stop only on shutdown; one failing early shuts the rest down too.
     let mut shutdown: Shutdown = trigger.subscribe();
     tokio::select! {
+        biased;
         _ = shutdown.recv() => {}
         Some(result) = servers.join_next() => {
-            tracing::error!(result = ?result, "a listener stopped unexpectedly");
+            if !shutdown.is_shutdown() {
+                tracing::error!(result = ?result, "a listener stopped unexpectedly; shutting down");
+            }
         }
     }
     trigger.fire();
     tracing::info!("shutting down: no new requests; finishing those in flight");
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+    let drained = tokio::time::timeout(drain_timeout, async {
         while let Some(result) = servers.join_next().await {
             if let Ok(Err(e)) = result {
                 tracing::error!(error = %e, "listener failed");
@@ -71,9 +85,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await;
     if drained.is_err() {
         tracing::warn!(
-            "requests still in flight after {DRAIN_TIMEOUT:?}; dropping them unacknowledged"
+            "requests still in flight after {drain_timeout:?}; dropping them unacknowledged"
         );
         servers.abort_all();
+    }
+    // Sinks finish or abandon their attempt within the drain timeout; an
+    // abandoned batch keeps its recorded range and is sent again on start.
+    let stopped = tokio::time::timeout(drain_timeout + Duration::from_secs(2), async {
+        while deliveries.join_next().await.is_some() {}
+    })
+    .await;
+    if stopped.is_err() {
+        deliveries.abort_all();
     }
     // The writer stops once the last outbox handle is gone.
     let outbox::Opened {
@@ -82,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..
     } = opened;
     drop(outbox);
-    if tokio::time::timeout(DRAIN_TIMEOUT, writer_stopped)
+    if tokio::time::timeout(drain_timeout, writer_stopped)
         .await
         .is_err()
     {
@@ -91,6 +114,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(socket_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Registers the configured sinks' cursors and starts one delivery task each.
+async fn start_sinks(
+    config: &Config,
+    outbox: &Outbox,
+    trigger: &ShutdownTrigger,
+    statuses: &SinkRegistry,
+) -> anyhow::Result<JoinSet<()>> {
+    let names: Vec<String> = config.sinks.keys().cloned().collect();
+    outbox
+        .sink_op(SinkOp::Register { sinks: names })
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut deliveries = JoinSet::new();
+    for ((name, sink_config), status) in config.sinks.iter().zip(statuses.iter()) {
+        let sink = Sink::build(name, sink_config, &config.data_dir).map_err(anyhow::Error::msg)?;
+        let cursor = outbox
+            .sink_cursor(name)
+            .await?
+            .map_or(0, |c| c.delivered_seq);
+        status.advanced(cursor);
+        let delivery = Delivery::new(
+            name,
+            sink_config.clone(),
+            sink,
+            outbox.clone(),
+            status.clone(),
+            trigger.subscribe(),
+            config.shutdown.drain_timeout.0,
+        );
+        tracing::info!(sink = %name, kind = sink_config.kind.as_str(), cursor, "sink started");
+        deliveries.spawn(delivery.run());
+    }
+    Ok(deliveries)
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.

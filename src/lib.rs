@@ -7,11 +7,14 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod event;
+pub mod format;
 pub mod ingest;
 pub mod ops;
 pub mod outbox;
 pub mod send;
 pub mod shutdown;
+pub mod sinks;
 pub mod telemetry;
 pub mod units;

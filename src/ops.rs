@@ -1,5 +1,6 @@
 //! The operations listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
 
+use crate::ingest::admin::{lag, SinkRegistry};
 use crate::outbox::{now_ms, Outbox};
 use crate::telemetry::names;
 use axum::extract::State;
@@ -13,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 pub struct OpsState {
     pub outbox: Outbox,
     pub metrics: PrometheusHandle,
+    pub sinks: SinkRegistry,
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -35,6 +37,12 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     };
     metrics::gauge!(names::OUTBOX_OLDEST_AGE).set(age);
     metrics::gauge!(names::OUTBOX_MAX_BYTES).set(state.outbox.max_bytes() as f64);
+    for sink in state.sinks.iter() {
+        if let Ok((events, seconds)) = lag(&state.outbox, sink.snapshot().cursor).await {
+            metrics::gauge!(names::SINK_LAG_EVENTS, "sink" => sink.name.clone()).set(events as f64);
+            metrics::gauge!(names::SINK_LAG_SECONDS, "sink" => sink.name.clone()).set(seconds);
+        }
+    }
     state.metrics.run_upkeep();
     (
         [(

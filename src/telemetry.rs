@@ -17,6 +17,19 @@ pub mod names {
     pub const OUTBOX_LAST_SEQ: &str = "outboxd_outbox_last_seq";
     pub const OUTBOX_OLDEST_AGE: &str = "outboxd_outbox_oldest_event_age_seconds";
     pub const OUTBOX_EVICTED: &str = "outboxd_outbox_evicted_events_total";
+    pub const OUTBOX_DELETED: &str = "outboxd_outbox_deleted_events_total";
+    pub const SINK_EVENTS: &str = "outboxd_sink_events_sent_total";
+    pub const SINK_BATCHES: &str = "outboxd_sink_batches_sent_total";
+    pub const SINK_BYTES: &str = "outboxd_sink_bytes_sent_total";
+    pub const SINK_ATTEMPTS: &str = "outboxd_sink_attempts_total";
+    pub const SINK_RETRIES: &str = "outboxd_sink_retries_total";
+    pub const SINK_SPLITS: &str = "outboxd_sink_splits_total";
+    pub const SINK_DEAD_LETTERED: &str = "outboxd_sink_dead_lettered_events_total";
+    pub const SINK_LAG_EVENTS: &str = "outboxd_sink_lag_events";
+    pub const SINK_LAG_SECONDS: &str = "outboxd_sink_lag_seconds";
+    pub const SINK_STATE: &str = "outboxd_sink_state";
+    pub const SINK_DELIVERY_DURATION: &str = "outboxd_sink_delivery_duration_seconds";
+    pub const SINK_BATCH_EVENTS: &str = "outboxd_sink_batch_events";
     pub const COMMIT_BATCH_EVENTS: &str = "outboxd_outbox_commit_batch_events";
     pub const COMMIT_DURATION: &str = "outboxd_outbox_commit_duration_seconds";
 }
@@ -90,6 +103,49 @@ fn describe() {
         "Events evicted by outbox.when_full = \"drop_oldest\"."
     );
     describe_histogram!(COMMIT_BATCH_EVENTS, "Events per group commit.");
+    describe_counter!(
+        OUTBOX_DELETED,
+        "Events deleted after every sink delivered them."
+    );
+    describe_counter!(SINK_EVENTS, "Events delivered, per sink.");
+    describe_counter!(SINK_BATCHES, "Batches delivered, per sink.");
+    describe_counter!(
+        SINK_BYTES,
+        Unit::Bytes,
+        "Encoded bytes delivered, per sink."
+    );
+    describe_counter!(SINK_ATTEMPTS, "Delivery attempts, per sink and outcome.");
+    describe_counter!(
+        SINK_RETRIES,
+        "Attempts that will be retried after a backoff, per sink."
+    );
+    describe_counter!(
+        SINK_SPLITS,
+        "Batches split in two (too large, or to isolate a rejected event), per sink."
+    );
+    describe_counter!(
+        SINK_DEAD_LETTERED,
+        "Events moved to the dead letters, per sink and reason."
+    );
+    describe_gauge!(
+        SINK_LAG_EVENTS,
+        "Outbox positions the sink is behind (last_seq - cursor)."
+    );
+    describe_gauge!(
+        SINK_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest event the sink has not delivered."
+    );
+    describe_gauge!(
+        SINK_STATE,
+        "1 for the sink's current state (running, backoff, halted), 0 otherwise."
+    );
+    describe_histogram!(
+        SINK_DELIVERY_DURATION,
+        Unit::Seconds,
+        "Duration of one delivery attempt, per sink."
+    );
+    describe_histogram!(SINK_BATCH_EVENTS, "Events per delivered batch, per sink.");
     describe_histogram!(
         COMMIT_DURATION,
         Unit::Seconds,

@@ -3,6 +3,7 @@
 //! `POST /v1/events` turns a body into events (all or nothing), hands them
 //! to the outbox writer and answers only once they are committed.
 
+pub mod admin;
 mod decode;
 mod error;
 pub mod listen;
@@ -29,6 +30,7 @@ const PERMIT_BYTES: usize = 1024;
 
 struct Shared {
     outbox: Outbox,
+    sinks: admin::SinkRegistry,
     limits: Limits,
     max_body_bytes: usize,
     inflight: Semaphore,
@@ -44,12 +46,13 @@ pub struct IngestState {
 }
 
 impl IngestState {
-    pub fn new(config: &Config, outbox: Outbox) -> Self {
+    pub fn new(config: &Config, outbox: Outbox, sinks: admin::SinkRegistry) -> Self {
         let permits = (config.ingest.max_inflight_bytes.as_usize() / PERMIT_BYTES)
             .clamp(1, u32::MAX as usize >> 4) as u32;
         IngestState {
             shared: Arc::new(Shared {
                 outbox,
+                sinks,
                 limits: Limits {
                     max_events: config.ingest.max_events_per_request,
                     max_event_bytes: config.ingest.max_event_bytes.as_usize(),
@@ -75,6 +78,9 @@ impl IngestState {
 pub fn router(state: IngestState) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
+        .route("/v1/sinks", get(admin::sinks))
+        .route("/v1/dead-letters", get(admin::dead_letters))
+        .route("/v1/dead-letters/replay", post(admin::replay))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
             IngestError::new(

@@ -7,9 +7,14 @@
 
 mod checkpoint;
 mod open;
+pub mod progress;
+mod read;
+pub mod retention;
 mod writer;
 
 pub use open::{open, OpenError, Opened};
+pub use progress::SinkOp;
+pub use read::{format_key_time, DeadLetter, SinkCursor, StoredEvent};
 
 use crate::event::Event;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -58,10 +63,15 @@ pub(crate) enum Command {
     },
     /// Wakes an idle writer for its periodic housekeeping.
     Tick,
+    /// A change to a sink's progress; replies with the rows affected.
+    Sink {
+        op: SinkOp,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
 }
 
 /// Figures the writer keeps current, read by metrics and readiness.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub last_seq: AtomicI64,
     pub events: AtomicU64,
@@ -72,6 +82,22 @@ pub struct Stats {
     pub written_since_checkpoint: Arc<AtomicU64>,
     /// A request was refused for the quota and none has been accepted since.
     pub full: std::sync::atomic::AtomicBool,
+    /// `last_seq` for waiters: delivery loops sleep on it when caught up.
+    pub last_seq_watch: tokio::sync::watch::Sender<i64>,
+}
+
+impl Stats {
+    pub fn new(last_seq: i64, events: u64, bytes: u64) -> Stats {
+        Stats {
+            last_seq: AtomicI64::new(last_seq),
+            events: AtomicU64::new(events),
+            bytes: AtomicU64::new(bytes),
+            last_error: Mutex::new(None),
+            written_since_checkpoint: Arc::new(AtomicU64::new(0)),
+            full: std::sync::atomic::AtomicBool::new(false),
+            last_seq_watch: tokio::sync::watch::Sender::new(last_seq),
+        }
+    }
 }
 
 /// A cloneable handle to the outbox.
@@ -111,6 +137,23 @@ impl Outbox {
             Ok(result) => result,
             Err(_) => Err("the outbox writer did not answer within 2s".into()),
         }
+    }
+
+    /// Applies a change to a sink's progress durably (through the writer).
+    pub async fn sink_op(&self, op: SinkOp) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Sink { op, reply })
+            .await
+            .map_err(|_| "the outbox writer has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the outbox writer has stopped".to_string())?
+    }
+
+    /// Changes whenever new events are committed.
+    pub fn watch_last_seq(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.stats.last_seq_watch.subscribe()
     }
 
     pub fn stats(&self) -> &Stats {

@@ -11,7 +11,6 @@ use sqlx::{ConnectOptions, Connection};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -157,10 +156,7 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
         .await
         .map_err(|e| describe(&path, "opening readers", e))?;
 
-    let stats = Arc::new(Stats::default());
-    stats.last_seq.store(last_seq, Ordering::Relaxed);
-    stats.events.store(events as u64, Ordering::Relaxed);
-    stats.bytes.store(bytes as u64, Ordering::Relaxed);
+    let stats = Arc::new(Stats::new(last_seq, events as u64, bytes as u64));
     let (commands, inbox) = tokio::sync::mpsc::channel(1024);
     let settings = WriterSettings::from_config(config);
     let max_bytes = settings.max_bytes;

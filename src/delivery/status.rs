@@ -1,0 +1,110 @@
+//! What a sink's loop reports about itself, for `GET /v1/sinks`,
+//! `outboxd status` and the per-sink metrics.
+
+use crate::outbox::now_ms;
+use crate::telemetry::names;
+use serde::Serialize;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkState {
+    Running,
+    Backoff,
+    Halted,
+}
+
+const STATES: [SinkState; 3] = [SinkState::Running, SinkState::Backoff, SinkState::Halted];
+
+impl SinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkState::Running => "running",
+            SinkState::Backoff => "backoff",
+            SinkState::Halted => "halted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub state: SinkState,
+    pub cursor: i64,
+    /// The batch in flight, if any.
+    pub batch: Option<(i64, i64)>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+    pub last_success_ms: Option<i64>,
+}
+
+pub struct SinkStatus {
+    pub name: String,
+    pub kind: &'static str,
+    inner: Mutex<Snapshot>,
+}
+
+impl SinkStatus {
+    pub fn new(name: &str, kind: &'static str, cursor: i64) -> SinkStatus {
+        let status = SinkStatus {
+            name: name.to_string(),
+            kind,
+            inner: Mutex::new(Snapshot {
+                state: SinkState::Running,
+                cursor,
+                batch: None,
+                last_error: None,
+                last_error_ms: None,
+                last_success_ms: None,
+            }),
+        };
+        status.publish_state(SinkState::Running);
+        status
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.inner.lock().expect("status lock").clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        change(&mut self.inner.lock().expect("status lock"));
+    }
+
+    pub fn set_state(&self, state: SinkState) {
+        let previous = self.snapshot().state;
+        self.update(|s| s.state = state);
+        if previous != state {
+            tracing::info!(sink = %self.name, state = state.as_str(), "sink state");
+            self.publish_state(state);
+        }
+    }
+
+    fn publish_state(&self, state: SinkState) {
+        for candidate in STATES {
+            metrics::gauge!(names::SINK_STATE, "sink" => self.name.clone(), "state" => candidate.as_str())
+                .set(if candidate == state { 1.0 } else { 0.0 });
+        }
+    }
+
+    pub fn batch(&self, batch: Option<(i64, i64)>) {
+        self.update(|s| s.batch = batch);
+    }
+
+    pub fn failed(&self, reason: &str) {
+        self.update(|s| {
+            s.last_error = Some(reason.to_string());
+            s.last_error_ms = Some(now_ms());
+        });
+    }
+
+    pub fn succeeded(&self) {
+        self.update(|s| s.last_success_ms = Some(now_ms()));
+        self.set_state(SinkState::Running);
+    }
+
+    pub fn advanced(&self, cursor: i64) {
+        self.update(|s| {
+            s.cursor = s.cursor.max(cursor);
+            s.batch = None;
+        });
+    }
+}

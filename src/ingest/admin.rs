@@ -1,0 +1,136 @@
+//! The sinks' side of the API: `GET /v1/sinks` (state, cursor, lag, errors,
+//! dead letters), `GET /v1/dead-letters` and `POST /v1/dead-letters/replay`.
+
+use super::error::IngestError;
+use super::IngestState;
+use crate::delivery::status::SinkStatus;
+use crate::outbox::{now_ms, Outbox, SinkOp};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The configured sinks' live status, shared by the API and the metrics.
+pub type SinkRegistry = Arc<Vec<Arc<SinkStatus>>>;
+
+#[derive(Serialize)]
+pub struct SinkReport {
+    pub name: String,
+    pub kind: &'static str,
+    pub state: &'static str,
+    pub cursor: i64,
+    pub batch: Option<(i64, i64)>,
+    pub lag_events: i64,
+    pub lag_seconds: f64,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+    pub last_success_ms: Option<i64>,
+    pub dead_letters: i64,
+}
+
+fn storage(e: sqlx::Error) -> IngestError {
+    IngestError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_error",
+        format!("reading the outbox failed: {e}"),
+    )
+}
+
+/// Lag of one sink: (events behind, age in seconds of the oldest undelivered event).
+pub async fn lag(outbox: &Outbox, cursor: i64) -> Result<(i64, f64), sqlx::Error> {
+    let events = (outbox.last_seq() - cursor).max(0);
+    let seconds = match outbox.oldest_received_after(cursor).await? {
+        Some(ms) => (now_ms() - ms).max(0) as f64 / 1000.0,
+        None => 0.0,
+    };
+    Ok((events, seconds))
+}
+
+pub async fn sinks(State(state): State<IngestState>) -> Result<Json<Vec<SinkReport>>, IngestError> {
+    let outbox = &state.shared.outbox;
+    let mut reports = Vec::new();
+    for status in state.shared.sinks.iter() {
+        let snapshot = status.snapshot();
+        let (lag_events, lag_seconds) = lag(outbox, snapshot.cursor).await.map_err(storage)?;
+        reports.push(SinkReport {
+            name: status.name.clone(),
+            kind: status.kind,
+            state: snapshot.state.as_str(),
+            cursor: snapshot.cursor,
+            batch: snapshot.batch,
+            lag_events,
+            lag_seconds,
+            last_error: snapshot.last_error,
+            last_error_ms: snapshot.last_error_ms,
+            last_success_ms: snapshot.last_success_ms,
+            dead_letters: outbox
+                .dead_letter_count(&status.name)
+                .await
+                .map_err(storage)?,
+        });
+    }
+    Ok(Json(reports))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    sink: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn dead_letters(
+    State(state): State<IngestState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<crate::outbox::DeadLetter>>, IngestError> {
+    let limit = query.limit.unwrap_or(1000).clamp(1, 100_000);
+    let list = state
+        .shared
+        .outbox
+        .dead_letters(query.sink.as_deref(), limit)
+        .await
+        .map_err(storage)?;
+    Ok(Json(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    sink: String,
+    ids: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+pub struct ReplayAnswer {
+    requeued: u64,
+}
+
+pub async fn replay(
+    State(state): State<IngestState>,
+    body: axum::body::Bytes,
+) -> Result<Json<ReplayAnswer>, IngestError> {
+    let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
+        IngestError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("expected {{\"sink\": NAME, \"ids\": [ID, ...]?}}: {e}"),
+        )
+    })?;
+    if !state.shared.sinks.iter().any(|s| s.name == request.sink) {
+        return Err(IngestError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_sink",
+            format!("no sink named `{}` is configured", request.sink),
+        ));
+    }
+    let requeued = state
+        .shared
+        .outbox
+        .sink_op(SinkOp::Requeue {
+            sink: request.sink,
+            ids: request.ids,
+        })
+        .await
+        .map_err(|e| IngestError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_error", e))?;
+    Ok(Json(ReplayAnswer { requeued }))
+}

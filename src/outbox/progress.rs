@@ -1,0 +1,163 @@
+//! Sink progress, written by the writer thread: registering sinks, fixing a
+//! batch's range before its first attempt, advancing cursors, dead letters
+//! and their replay, and deleting what [`super::retention`] allows.
+
+use super::now_ms;
+use crate::event::ROW_OVERHEAD_BYTES;
+use rusqlite::{params, Transaction};
+
+/// A change to a sink's progress; each runs in its own transaction.
+#[derive(Debug, Clone)]
+pub enum SinkOp {
+    /// Makes sure these sinks have a cursor row (new ones start at 0).
+    Register { sinks: Vec<String> },
+    /// Records the range of the batch about to be sent (before its first attempt).
+    RecordBatch { sink: String, first: i64, last: i64 },
+    /// Everything up to `to` is delivered (or skipped); clears the batch.
+    Advance { sink: String, to: i64 },
+    /// Copies `seqs` into the dead letters with `reason` and advances to `to`.
+    DeadLetter {
+        sink: String,
+        seqs: Vec<i64>,
+        reason: String,
+        to: i64,
+    },
+    /// Marks dead letters for redelivery (all of the sink's, or those ids).
+    Requeue {
+        sink: String,
+        ids: Option<Vec<String>>,
+    },
+    /// A requeued dead letter was delivered: remove it.
+    Redelivered { sink: String, seq: i64 },
+    /// A requeued dead letter failed again: keep it, with the new reason.
+    StillDead {
+        sink: String,
+        seq: i64,
+        reason: String,
+    },
+}
+
+impl SinkOp {
+    pub fn sink(&self) -> Option<&str> {
+        match self {
+            SinkOp::Register { .. } => None,
+            SinkOp::RecordBatch { sink, .. }
+            | SinkOp::Advance { sink, .. }
+            | SinkOp::DeadLetter { sink, .. }
+            | SinkOp::Requeue { sink, .. }
+            | SinkOp::Redelivered { sink, .. }
+            | SinkOp::StillDead { sink, .. } => Some(sink),
+        }
+    }
+}
+
+/// Applies one op; returns a count (rows affected) and, for cursor moves, the new cursor.
+pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64>)> {
+    let now = now_ms();
+    match op {
+        SinkOp::Register { sinks } => {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO sink_cursors (sink, delivered_seq, updated_ms) VALUES (?1, 0, ?2)",
+            )?;
+            let mut added = 0;
+            for sink in sinks {
+                added += insert.execute(params![sink, now])? as u64;
+            }
+            Ok((added, None))
+        }
+        SinkOp::RecordBatch { sink, first, last } => {
+            let n = tx.execute(
+                "UPDATE sink_cursors SET batch_first = ?2, batch_last = ?3, updated_ms = ?4 WHERE sink = ?1",
+                params![sink, first, last, now],
+            )?;
+            Ok((n as u64, None))
+        }
+        SinkOp::Advance { sink, to } => {
+            let n = advance(tx, sink, *to, now)?;
+            Ok((n, Some(*to)))
+        }
+        SinkOp::DeadLetter {
+            sink,
+            seqs,
+            reason,
+            to,
+        } => {
+            let mut copy = tx.prepare_cached(
+                "INSERT OR REPLACE INTO dead_letters (sink, seq, id, type, fidelity, received_ms, body, reason, failed_ms, requeued) \
+                 SELECT ?1, seq, id, type, fidelity, received_ms, body, ?3, ?4, 0 FROM events WHERE seq = ?2",
+            )?;
+            let mut n = 0;
+            for seq in seqs {
+                n += copy.execute(params![sink, seq, reason, now])? as u64;
+            }
+            advance(tx, sink, *to, now)?;
+            Ok((n, Some(*to)))
+        }
+        SinkOp::Requeue { sink, ids } => {
+            let n = match ids {
+                None => tx.execute(
+                    "UPDATE dead_letters SET requeued = 1 WHERE sink = ?1",
+                    [sink],
+                )?,
+                Some(ids) => {
+                    let mut mark = tx.prepare_cached(
+                        "UPDATE dead_letters SET requeued = 1 WHERE sink = ?1 AND id = ?2",
+                    )?;
+                    let mut n = 0;
+                    for id in ids {
+                        n += mark.execute(params![sink, id])?;
+                    }
+                    n
+                }
+            };
+            Ok((n as u64, None))
+        }
+        SinkOp::Redelivered { sink, seq } => {
+            let n = tx.execute(
+                "DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2",
+                params![sink, seq],
+            )?;
+            Ok((n as u64, None))
+        }
+        SinkOp::StillDead { sink, seq, reason } => {
+            let n = tx.execute(
+                "UPDATE dead_letters SET requeued = 0, reason = ?3, failed_ms = ?4 WHERE sink = ?1 AND seq = ?2",
+                params![sink, seq, reason, now],
+            )?;
+            Ok((n as u64, None))
+        }
+    }
+}
+
+fn advance(tx: &Transaction, sink: &str, to: i64, now: i64) -> rusqlite::Result<u64> {
+    // MAX: a cursor never moves back, whatever arrives late.
+    let n = tx.execute(
+        "UPDATE sink_cursors SET delivered_seq = MAX(delivered_seq, ?2), batch_first = NULL, batch_last = NULL, updated_ms = ?3 \
+         WHERE sink = ?1",
+        params![sink, to, now],
+    )?;
+    Ok(n as u64)
+}
+
+/// Deletes up to `limit` events with seq <= `upto`; returns (events, bytes) freed.
+pub fn delete_upto(tx: &Transaction, upto: i64, limit: i64) -> rusqlite::Result<(i64, i64)> {
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ?1 ORDER BY seq LIMIT ?2) RETURNING length(body)",
+    )?;
+    let mut rows = delete.query(params![upto, limit])?;
+    let (mut events, mut bytes) = (0i64, 0i64);
+    while let Some(row) = rows.next()? {
+        events += 1;
+        bytes += row.get::<_, i64>(0)? + ROW_OVERHEAD_BYTES as i64;
+    }
+    Ok((events, bytes))
+}
+
+/// Cursors of the given sinks, as stored.
+pub fn cursors(tx: &Transaction, sinks: &[String]) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut read = tx.prepare_cached("SELECT delivered_seq FROM sink_cursors WHERE sink = ?1")?;
+    sinks
+        .iter()
+        .map(|sink| Ok((sink.clone(), read.query_row([sink], |row| row.get(0))?)))
+        .collect()
+}

@@ -1,0 +1,163 @@
+//! Reads for the delivery loops and the status API, on the sqlx reader
+//! pool. None of them scans the backlog: every query walks an index from a
+//! known seq and stops at a limit.
+
+use super::Outbox;
+use crate::event::Fidelity;
+use serde::Serialize;
+
+/// An event as read back from the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event_type: String,
+    pub fidelity: Fidelity,
+    pub received_ms: i64,
+    /// The canonical JSON envelope.
+    pub body: Vec<u8>,
+}
+
+type Row = (i64, String, i64, i64, Vec<u8>);
+
+fn stored((seq, event_type, fidelity, received_ms, body): Row) -> StoredEvent {
+    StoredEvent {
+        seq,
+        event_type,
+        fidelity: Fidelity::from_i64(fidelity).unwrap_or(Fidelity::Committed),
+        received_ms,
+        body,
+    }
+}
+
+/// A sink's durable progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkCursor {
+    pub delivered_seq: i64,
+    /// The range of the batch in flight when the daemon stopped, if any.
+    pub batch: Option<(i64, i64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub sink: String,
+    pub seq: i64,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub reason: String,
+    pub failed_ms: i64,
+    pub requeued: bool,
+}
+
+impl Outbox {
+    /// Up to `limit` events with seq > `after`, in seq order.
+    pub async fn read_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, type, fidelity, received_ms, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(stored).collect())
+    }
+
+    /// The events of `[first, last]` still in the outbox.
+    pub async fn read_range(&self, first: i64, last: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, type, fidelity, received_ms, body FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(stored).collect())
+    }
+
+    pub async fn sink_cursor(&self, sink: &str) -> Result<Option<SinkCursor>, sqlx::Error> {
+        let row: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT delivered_seq, batch_first, batch_last FROM sink_cursors WHERE sink = ?",
+        )
+        .bind(sink)
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(row.map(|(delivered_seq, first, last)| SinkCursor {
+            delivered_seq,
+            batch: first.zip(last),
+        }))
+    }
+
+    /// Receive time of the oldest event after `seq` (a sink's lag in time).
+    pub async fn oldest_received_after(&self, seq: i64) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT received_ms FROM events WHERE seq > ? ORDER BY seq LIMIT 1")
+            .bind(seq)
+            .fetch_optional(&self.readers)
+            .await
+    }
+
+    /// The oldest dead letter of `sink` marked for redelivery.
+    pub async fn requeued_dead_letter(
+        &self,
+        sink: &str,
+    ) -> Result<Option<StoredEvent>, sqlx::Error> {
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT seq, type, fidelity, received_ms, body FROM dead_letters WHERE sink = ? AND requeued = 1 ORDER BY seq LIMIT 1",
+        )
+        .bind(sink)
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(row.map(stored))
+    }
+
+    pub async fn dead_letters(
+        &self,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        let rows: Vec<(String, i64, String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT sink, seq, id, type, reason, failed_ms, requeued FROM dead_letters \
+             WHERE ?1 IS NULL OR sink = ?1 ORDER BY sink, seq LIMIT ?2",
+        )
+        .bind(sink)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(sink, seq, id, event_type, reason, failed_ms, requeued)| DeadLetter {
+                    sink,
+                    seq,
+                    id,
+                    event_type,
+                    reason,
+                    failed_ms,
+                    requeued: requeued != 0,
+                },
+            )
+            .collect())
+    }
+
+    pub async fn dead_letter_count(&self, sink: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE sink = ?")
+            .bind(sink)
+            .fetch_one(&self.readers)
+            .await
+    }
+}
+
+/// `[yyyy, mm, dd, hh]` of unix milliseconds, UTC (for object keys).
+pub fn format_key_time(ms: i64) -> [String; 4] {
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    [
+        format!("{:04}", time.year()),
+        format!("{:02}", time.month() as u8),
+        format!("{:02}", time.day()),
+        format!("{:02}", time.hour()),
+    ]
+}

@@ -1,0 +1,236 @@
+//! What every sink's config has in common (filters, batching, retries,
+//! format), and the two-step parse that hands the rest to the sink's kind.
+//!
+//! `[sinks.NAME]` tables are flat: `kind` picks the protocol, the common keys
+//! below apply to every kind, and the remaining keys must all be known to
+//! that kind's own config (unknown ones are errors).
+
+use super::{file::FileConfig, http::HttpConfig, s3::S3Config};
+use crate::event::Fidelity;
+use crate::units::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// One stored event per line.
+    Ndjson,
+    /// A JSON array of stored events.
+    JsonArray,
+}
+
+/// Batch bounds: a batch is sent when any is reached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_events: usize,
+    /// Measured on the encoded (and compressed) body that is sent.
+    pub max_bytes: ByteSize,
+    /// A partial batch is sent once its oldest event is this old.
+    pub max_age: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub initial: HumanDuration,
+    pub max: HumanDuration,
+    /// Attempts of one batch before it goes to the dead letters; unset = forever.
+    pub max_attempts: Option<u32>,
+    /// How often a halted sink (credentials, permissions) tries again.
+    pub halted_probe: HumanDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: HumanDuration::millis(500),
+            max: HumanDuration::secs(60),
+            max_attempts: None,
+            halted_probe: HumanDuration::secs(60),
+        }
+    }
+}
+
+/// A configured sink: common settings plus its protocol.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    pub include_types: Vec<String>,
+    pub exclude_types: Vec<String>,
+    pub min_fidelity: Fidelity,
+    pub format: BodyFormat,
+    pub compression: Compression,
+    pub batch: BatchConfig,
+    pub retry: RetryConfig,
+    #[serde(flatten)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    S3,
+    Http,
+    File,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Protocol {
+    S3(S3Config),
+    Http(HttpConfig),
+    File(FileConfig),
+}
+
+/// Batch bounds given in the config; unset ones take the kind's default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchOverrides {
+    max_events: Option<usize>,
+    max_bytes: Option<ByteSize>,
+    max_age: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+struct RawSink {
+    kind: SinkKind,
+    #[serde(default)]
+    include_types: Vec<String>,
+    #[serde(default)]
+    exclude_types: Vec<String>,
+    #[serde(default = "default_fidelity")]
+    min_fidelity: Fidelity,
+    format: Option<BodyFormat>,
+    #[serde(default = "default_compression")]
+    compression: Compression,
+    #[serde(default)]
+    batch: BatchOverrides,
+    #[serde(default)]
+    retry: RetryConfig,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_fidelity() -> Fidelity {
+    Fidelity::Observed
+}
+
+fn default_compression() -> Compression {
+    Compression::None
+}
+
+impl SinkKind {
+    fn default_batch(self) -> BatchConfig {
+        match self {
+            SinkKind::S3 => BatchConfig {
+                max_events: 100_000,
+                max_bytes: ByteSize::mib(8),
+                max_age: HumanDuration::secs(60),
+            },
+            SinkKind::Http => BatchConfig {
+                max_events: 1000,
+                max_bytes: ByteSize::mib(1),
+                max_age: HumanDuration::secs(1),
+            },
+            SinkKind::File => BatchConfig {
+                max_events: 10_000,
+                max_bytes: ByteSize::mib(8),
+                max_age: HumanDuration::secs(1),
+            },
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::S3 => "s3",
+            SinkKind::Http => "http",
+            SinkKind::File => "file",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = RawSink::deserialize(deserializer)?;
+        let rest = serde_json::Value::Object(raw.rest);
+        let protocol = match raw.kind {
+            SinkKind::S3 => serde_json::from_value(rest).map(Protocol::S3),
+            SinkKind::Http => serde_json::from_value(rest).map(Protocol::Http),
+            SinkKind::File => serde_json::from_value(rest).map(Protocol::File),
+        }
+        .map_err(|e| D::Error::custom(format!("{} sink: {e}", raw.kind.as_str())))?;
+        let defaults = raw.kind.default_batch();
+        for pattern in raw.include_types.iter().chain(&raw.exclude_types) {
+            glob::Pattern::new(pattern)
+                .map_err(|e| D::Error::custom(format!("`{pattern}` is not a glob pattern: {e}")))?;
+        }
+        Ok(SinkConfig {
+            kind: raw.kind,
+            include_types: raw.include_types,
+            exclude_types: raw.exclude_types,
+            min_fidelity: raw.min_fidelity,
+            format: raw.format.unwrap_or(BodyFormat::Ndjson),
+            compression: raw.compression,
+            batch: BatchConfig {
+                max_events: raw.batch.max_events.unwrap_or(defaults.max_events),
+                max_bytes: raw.batch.max_bytes.unwrap_or(defaults.max_bytes),
+                max_age: raw.batch.max_age.unwrap_or(defaults.max_age),
+            },
+            retry: raw.retry,
+            protocol,
+        })
+    }
+}
+
+impl SinkConfig {
+    /// Checks that need the sink's name for their message.
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        let key = |k: &str| format!("sinks.{name}.{k}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "sinks.{name}: a sink name is 1-64 characters of A-Z a-z 0-9 _ -"
+            ));
+        }
+        if self.batch.max_events == 0 {
+            return Err(format!(
+                "{}: must be greater than 0",
+                key("batch.max_events")
+            ));
+        }
+        if self.batch.max_bytes.0 < 1024 {
+            return Err(format!("{}: must be at least 1KiB", key("batch.max_bytes")));
+        }
+        if self.retry.initial.0.is_zero() || self.retry.max < self.retry.initial {
+            return Err(format!(
+                "{}: must be > 0 and <= retry.max",
+                key("retry.initial")
+            ));
+        }
+        if self.retry.max_attempts == Some(0) {
+            return Err(format!(
+                "{}: must be at least 1 (or unset for unlimited)",
+                key("retry.max_attempts")
+            ));
+        }
+        match &self.protocol {
+            Protocol::S3(s3) => s3.validate(name),
+            Protocol::Http(http) => http.validate(name),
+            Protocol::File(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The S3 / MinIO sink (rust-s3): one object per batch, keyed by the fixed
+//! range, so a retried or replayed batch overwrites the same key and never
+//! leaves a duplicate object. Objects over 8 MiB go up as multipart uploads.
+
+use crate::config::{resolve_secret, Secret};
+use crate::format::EncodedBatch;
+use crate::outbox::format_key_time;
+use crate::sinks::Outcome;
+use crate::units::HumanDuration;
+use s3::creds::Credentials;
+use s3::error::S3Error;
+use s3::{Bucket, BucketConfiguration, Region};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub const DEFAULT_KEY_TEMPLATE: &str =
+    "{prefix}{yyyy}/{mm}/{dd}/{hh}/{first_seq:020}-{last_seq:020}{ext}";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. "http://127.0.0.1:9000" for MinIO, "https://s3.eu-west-1.amazonaws.com".
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub bucket: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as MinIO needs.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    pub access_key: Option<Secret>,
+    pub access_key_env: Option<String>,
+    pub access_key_file: Option<PathBuf>,
+    pub secret_key: Option<Secret>,
+    pub secret_key_env: Option<String>,
+    pub secret_key_file: Option<PathBuf>,
+    /// Create the bucket when missing ("already exists/owned" is fine).
+    #[serde(default)]
+    pub create_bucket: bool,
+    #[serde(default)]
+    pub prefix: String,
+    /// Placeholders: {prefix} {yyyy} {mm} {dd} {hh} {first_seq} {last_seq}
+    /// {first_seq:020} {last_seq:020} {sink} {ext}. Dated by the batch's
+    /// first event's receive time (UTC).
+    #[serde(default = "default_template")]
+    pub key_template: String,
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Accept any TLS certificate (testing only). A custom CA is trusted
+    /// through the system store or the SSL_CERT_FILE environment variable.
+    #[serde(default)]
+    pub tls_skip_verify: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_template() -> String {
+    DEFAULT_KEY_TEMPLATE.into()
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+impl S3Config {
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.endpoint).map_err(|e| {
+            format!(
+                "sinks.{name}.endpoint: `{}` is not a URL: {e}",
+                self.endpoint
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "sinks.{name}.endpoint: only http:// and https:// are supported"
+            ));
+        }
+        if self.bucket.is_empty() {
+            return Err(format!("sinks.{name}.bucket: must not be empty"));
+        }
+        if !self.key_template.contains("{first_seq") || !self.key_template.contains("{last_seq") {
+            return Err(format!(
+                "sinks.{name}.key_template: must contain {{first_seq}} and {{last_seq}} so that each range has its own key"
+            ));
+        }
+        self.credentials(name).map(|_| ())
+    }
+
+    fn credentials(&self, name: &str) -> Result<(String, String), String> {
+        let access = resolve_secret(
+            &format!("sinks.{name}.access_key"),
+            self.access_key.as_ref(),
+            self.access_key_env.as_deref(),
+            self.access_key_file.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        let secret = resolve_secret(
+            &format!("sinks.{name}.secret_key"),
+            self.secret_key.as_ref(),
+            self.secret_key_env.as_deref(),
+            self.secret_key_file.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        match (access, secret) {
+            (Some(a), Some(s)) => Ok((a, s)),
+            _ => Err(format!(
+                "sinks.{name}: set access_key and secret_key (or their _env / _file forms)"
+            )),
+        }
+    }
+}
+
+pub struct S3Sink {
+    name: String,
+    config: S3Config,
+    bucket: Box<Bucket>,
+    region: Region,
+    credentials: Credentials,
+    bucket_ready: AtomicBool,
+}
+
+impl S3Sink {
+    pub fn new(name: &str, config: &S3Config) -> Result<S3Sink, String> {
+        config.validate(name)?;
+        let (access, secret) = config.credentials(name)?;
+        let credentials = Credentials::new(Some(&access), Some(&secret), None, None, None)
+            .map_err(|e| format!("sinks.{name}: credentials: {e}"))?;
+        let region = Region::Custom {
+            region: config.region.clone(),
+            endpoint: config.endpoint.trim_end_matches('/').to_string(),
+        };
+        let mut bucket = Bucket::new(&config.bucket, region.clone(), credentials.clone())
+            .map_err(|e| format!("sinks.{name}: {e}"))?;
+        if config.path_style {
+            bucket = bucket.with_path_style();
+        }
+        bucket = bucket
+            .with_request_timeout(config.timeout.0)
+            .map_err(|e| format!("sinks.{name}: {e}"))?;
+        if config.tls_skip_verify {
+            bucket = Box::new(
+                bucket
+                    .set_dangerous_config(true, true)
+                    .map_err(|e| format!("sinks.{name}: {e}"))?,
+            );
+        }
+        Ok(S3Sink {
+            name: name.to_string(),
+            config: config.clone(),
+            bucket,
+            region,
+            credentials,
+            bucket_ready: AtomicBool::new(!config.create_bucket),
+        })
+    }
+
+    /// The object key of a batch.
+    pub fn key(&self, batch: &EncodedBatch) -> String {
+        let [yyyy, mm, dd, hh] = format_key_time(batch.first_received_ms);
+        self.config
+            .key_template
+            .replace("{prefix}", &self.config.prefix)
+            .replace("{yyyy}", &yyyy)
+            .replace("{mm}", &mm)
+            .replace("{dd}", &dd)
+            .replace("{hh}", &hh)
+            .replace("{first_seq:020}", &format!("{:020}", batch.first_seq))
+            .replace("{last_seq:020}", &format!("{:020}", batch.last_seq))
+            .replace("{first_seq}", &batch.first_seq.to_string())
+            .replace("{last_seq}", &batch.last_seq.to_string())
+            .replace("{sink}", &self.name)
+            .replace("{ext}", batch.extension)
+    }
+
+    async fn ensure_bucket(&self) -> Result<(), Outcome> {
+        if self.bucket_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let config = BucketConfiguration::default();
+        let created = if self.config.path_style {
+            Bucket::create_with_path_style(
+                &self.config.bucket,
+                self.region.clone(),
+                self.credentials.clone(),
+                config,
+            )
+            .await
+        } else {
+            Bucket::create(
+                &self.config.bucket,
+                self.region.clone(),
+                self.credentials.clone(),
+                config,
+            )
+            .await
+        };
+        match created {
+            Ok(response)
+                if (200..300).contains(&response.response_code)
+                    || response.response_text.contains("BucketAlreadyOwnedByYou")
+                    || response.response_text.contains("BucketAlreadyExists") =>
+            {
+                tracing::info!(sink = %self.name, bucket = %self.config.bucket, "bucket ready");
+                self.bucket_ready.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(response) => Err(classify(
+                response.response_code,
+                &response.response_text,
+                "creating the bucket",
+            )),
+            Err(e) => Err(classify_error(e, "creating the bucket")),
+        }
+    }
+
+    pub async fn deliver(&self, batch: &EncodedBatch) -> Outcome {
+        if let Err(outcome) = self.ensure_bucket().await {
+            return outcome;
+        }
+        let key = self.key(batch);
+        let mut request = self
+            .bucket
+            .put_object_stream_builder(&key)
+            .with_content_type(batch.content_type);
+        if let Some(encoding) = batch.content_encoding {
+            request = match request.with_content_encoding(encoding) {
+                Ok(request) => request,
+                Err(e) => {
+                    return Outcome::Halted {
+                        reason: e.to_string(),
+                    }
+                }
+            };
+        }
+        let mut body = &batch.body[..];
+        match request.execute_stream(&mut body).await {
+            Ok(response) if (200..300).contains(&response.status_code()) => Outcome::Delivered,
+            Ok(response) => classify(response.status_code(), "", &format!("PUT {key}")),
+            Err(e) => {
+                let outcome = classify_error(e, &format!("PUT {key}"));
+                if self.config.create_bucket
+                    && matches!(&outcome, Outcome::Halted { reason } if reason.contains("NoSuchBucket"))
+                {
+                    // Deleted behind our back: create it again on the next attempt.
+                    self.bucket_ready.store(false, Ordering::Relaxed);
+                    return Outcome::Retry {
+                        after: None,
+                        reason: format!("PUT {key}: NoSuchBucket; creating it again"),
+                    };
+                }
+                outcome
+            }
+        }
+    }
+}
+
+fn error_code(body: &str) -> &str {
+    body.split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map_or("", |(code, _)| code)
+}
+
+fn classify(status: u16, body: &str, what: &str) -> Outcome {
+    let code = error_code(body);
+    let reason = if code.is_empty() {
+        format!("{what}: HTTP {status}")
+    } else {
+        format!("{what}: HTTP {status} {code}")
+    };
+    match (status, code) {
+        (_, "SlowDown" | "ServiceUnavailable" | "RequestTimeout" | "InternalError") => {
+            Outcome::Retry {
+                after: None,
+                reason,
+            }
+        }
+        (413, _) | (_, "EntityTooLarge") => Outcome::TooLarge { reason },
+        (403, _) | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
+            Outcome::Halted { reason }
+        }
+        (408 | 429 | 500..=599, _) => Outcome::Retry {
+            after: None,
+            reason,
+        },
+        // Any other refusal of a PUT (NoSuchBucket, InvalidBucketName, ...) is
+        // about the configuration, not the events: keep them and say why.
+        _ => Outcome::Halted { reason },
+    }
+}
+
+fn classify_error(error: S3Error, what: &str) -> Outcome {
+    match error {
+        S3Error::HttpFailWithBody(status, body) => classify(status, &body, what),
+        other => Outcome::Retry {
+            after: None,
+            reason: format!("{what}: {other}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_answers_map_to_outcomes() {
+        let xml = |code: &str| {
+            format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>")
+        };
+        assert!(matches!(
+            classify(403, &xml("SignatureDoesNotMatch"), "PUT"),
+            Outcome::Halted { .. }
+        ));
+        assert!(matches!(
+            classify(403, &xml("InvalidAccessKeyId"), "PUT"),
+            Outcome::Halted { .. }
+        ));
+        assert!(
+            matches!(classify(404, &xml("NoSuchBucket"), "PUT"), Outcome::Halted { reason } if reason.contains("NoSuchBucket"))
+        );
+        assert!(matches!(
+            classify(503, &xml("SlowDown"), "PUT"),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(classify(500, "", "PUT"), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(400, &xml("EntityTooLarge"), "PUT"),
+            Outcome::TooLarge { .. }
+        ));
+    }
+}
