@@ -32,6 +32,13 @@ enum Verdict {
     Stopped,
 }
 
+/// Why a waiting loop woke up.
+enum Wake {
+    Events,
+    Requeued,
+    Shutdown,
+}
+
 /// A batch whose range is fixed: `selected` are the events of
 /// `[first, last]` this sink receives (the rest are filtered out).
 struct Batch {
@@ -111,7 +118,8 @@ impl Delivery {
                     }
                 }
                 None => match self.next_batch(cursor).await {
-                    Some(batch) => batch,
+                    Some(Some(batch)) => batch,
+                    Some(None) => continue, // woken for requeued dead letters
                     None => break,
                 },
             };
@@ -320,8 +328,9 @@ impl Delivery {
     }
 
     /// The next batch after `cursor`, waiting for events and for a partial
-    /// batch to fill or age (`batch.max_age`). None when stopping.
-    async fn next_batch(&mut self, cursor: i64) -> Option<Batch> {
+    /// batch to fill or age (`batch.max_age`). None when stopping, Some(None)
+    /// when dead letters were requeued meanwhile.
+    async fn next_batch(&mut self, cursor: i64) -> Option<Option<Batch>> {
         let bounds = self.config.batch.clone();
         // The plain size of a batch is bounded before encoding; compressed
         // bodies are usually several times smaller, then checked exactly.
@@ -330,15 +339,20 @@ impl Delivery {
             _ => bounds.max_bytes.as_usize().saturating_mul(4),
         };
         let mut last_seq = self.outbox.watch_last_seq();
+        let mut requeues = self.outbox.watch_requeues();
         loop {
             let rows = self
                 .read(|| self.outbox.read_after(cursor, bounds.max_events as i64))
                 .await?;
             let Some(last_row) = rows.last().map(|e| e.seq) else {
-                if !self.wait_for_events(&mut last_seq, cursor + 1, None).await {
-                    return None;
+                match self
+                    .wait_for_events(&mut last_seq, &mut requeues, cursor + 1, None)
+                    .await
+                {
+                    Wake::Events => continue,
+                    Wake::Requeued => return Some(None),
+                    Wake::Shutdown => return None,
                 }
-                continue;
             };
             let first = rows[0].seq;
             let mut bytes = 0usize;
@@ -359,40 +373,45 @@ impl Delivery {
             let oldest = selected.first().map(|e| e.received_ms);
             let due = oldest.is_none_or(|ms| now_ms() - ms >= bounds.max_age.0.as_millis() as i64);
             if full || due || self.shutdown.is_shutdown() {
-                return Some(Batch {
+                return Some(Some(Batch {
                     first,
                     last,
                     selected,
-                });
+                }));
             }
             // Partial and young: wait until it could be full, or is old enough.
             let average = (bytes / selected.len()).max(1);
             let could_fill = cursor + (plain_limit / average).clamp(1, bounds.max_events) as i64;
             let deadline = oldest.map(|ms| ms + bounds.max_age.0.as_millis() as i64);
-            if !self
-                .wait_for_events(&mut last_seq, could_fill, deadline)
+            drop(selected);
+            match self
+                .wait_for_events(&mut last_seq, &mut requeues, could_fill, deadline)
                 .await
             {
-                return None;
+                Wake::Events => {}
+                Wake::Requeued => return Some(None),
+                Wake::Shutdown => return None,
             }
         }
     }
 
-    /// Waits until `last_seq >= seq` or the deadline (unix ms). False on shutdown.
+    /// Waits until `last_seq >= seq`, the deadline (unix ms), a requeue or shutdown.
     async fn wait_for_events(
         &self,
         last_seq: &mut tokio::sync::watch::Receiver<i64>,
+        requeues: &mut tokio::sync::watch::Receiver<u64>,
         seq: i64,
         deadline_ms: Option<i64>,
-    ) -> bool {
+    ) -> Wake {
         let wait = deadline_ms.map_or(Duration::from_secs(3600), |ms| {
             Duration::from_millis((ms - now_ms()).max(0) as u64)
         });
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
-            _ = last_seq.wait_for(|last| *last >= seq) => true,
-            _ = tokio::time::sleep(wait) => true,
-            _ = shutdown.recv() => false,
+            _ = last_seq.wait_for(|last| *last >= seq) => Wake::Events,
+            _ = tokio::time::sleep(wait) => Wake::Events,
+            _ = requeues.changed() => Wake::Requeued,
+            _ = shutdown.recv() => Wake::Shutdown,
         }
     }
 

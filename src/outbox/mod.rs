@@ -84,6 +84,8 @@ pub struct Stats {
     pub full: std::sync::atomic::AtomicBool,
     /// `last_seq` for waiters: delivery loops sleep on it when caught up.
     pub last_seq_watch: tokio::sync::watch::Sender<i64>,
+    /// Bumped when dead letters are requeued, to wake sleeping loops.
+    pub requeue_watch: tokio::sync::watch::Sender<u64>,
 }
 
 impl Stats {
@@ -96,6 +98,7 @@ impl Stats {
             written_since_checkpoint: Arc::new(AtomicU64::new(0)),
             full: std::sync::atomic::AtomicBool::new(false),
             last_seq_watch: tokio::sync::watch::Sender::new(last_seq),
+            requeue_watch: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -149,6 +152,11 @@ impl Outbox {
         answer
             .await
             .map_err(|_| "the outbox writer has stopped".to_string())?
+    }
+
+    /// Changes whenever dead letters are requeued.
+    pub fn watch_requeues(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stats.requeue_watch.subscribe()
     }
 
     /// Changes whenever new events are committed.

@@ -320,6 +320,9 @@ impl Writer {
                 if let Some(registered) = registered {
                     self.cursors = registered.into_iter().collect();
                 }
+                if matches!(op, SinkOp::Requeue { .. }) && count > 0 {
+                    self.stats.requeue_watch.send_modify(|n| *n += 1);
+                }
                 if let (Some(cursor), Some(sink)) = (cursor, op.sink()) {
                     if let Some(stored) = self.cursors.get_mut(sink) {
                         *stored = (*stored).max(cursor);

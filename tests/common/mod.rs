@@ -2,6 +2,8 @@
 //! temporary directory, and reads its outbox database directly.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use bytes::Bytes;
 use outboxd::client::{Answer, Client, Target};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -190,6 +192,62 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Posts events with these ids (NDJSON, one request) and checks the answer.
+    pub async fn post_ids(&self, ids: &[String], event_type: &str) {
+        let body: String = ids
+            .iter()
+            .map(|id| {
+                format!(
+                    "{{\"type\":\"{event_type}\",\"id\":\"{id}\",\"data\":{{\"n\":\"{id}\"}}}}\n"
+                )
+            })
+            .collect();
+        let answer = self.post("application/x-ndjson", body).await;
+        assert_eq!(answer.status, hyper::StatusCode::OK, "{:?}", answer.body);
+    }
+
+    /// `GET /v1/sinks`, as JSON.
+    pub async fn sinks(&self) -> serde_json::Value {
+        self.client().get("/v1/sinks").await.unwrap().json()
+    }
+
+    /// The status of one sink.
+    pub async fn sink(&self, name: &str) -> serde_json::Value {
+        let all = self.sinks().await;
+        all.as_array()
+            .and_then(|sinks| sinks.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no sink {name} in {all}"))
+    }
+
+    /// Waits until `check` holds for the sink's status.
+    pub async fn wait_sink(
+        &self,
+        name: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.sink(name).await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sink {name} never reached the state; last: {status}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Rewrites the config file (for a restart with a fix).
+    pub fn rewrite_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        assert!(text.contains(from), "{from} not in the config:\n{text}");
+        std::fs::write(&self.config_path, text.replace(from, to)).unwrap();
+    }
+
     pub async fn metrics(&self) -> String {
         let answer = self.metrics_client().get("/metrics").await.unwrap();
         assert!(answer.status.is_success());
@@ -259,4 +317,8 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 pub fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 3).unwrap()
+}
+
+pub fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
 }

@@ -1,0 +1,365 @@
+//! The HTTP sink against a real HTTP server scripted per request: split on
+//! 413, Retry-After on 429, backoff over 5xx, halting on 401 until the
+//! config is fixed, isolating and dead-lettering a poison event, 409 as
+//! delivered, and a stable Idempotency-Key across retries and kill -9.
+
+mod common;
+
+use common::receiver::{Receiver, Reply};
+use common::{ids, sample, Daemon};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn http_sink(url: &str, extra: &str) -> String {
+    format!(
+        "[sinks.remote]\nkind = \"http\"\nurl = \"{url}\"\n{extra}\n[sinks.remote.batch]\nmax_age = \"100ms\"\n[sinks.remote.retry]\ninitial = \"50ms\"\nmax = \"400ms\"\nhalted_probe = \"300ms\"\n"
+    )
+}
+
+fn set(ids: &[String]) -> BTreeSet<String> {
+    ids.iter().cloned().collect()
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_413_splits_the_batch_until_the_halves_fit() {
+    let receiver = Receiver::start(|seen, _| {
+        if seen.bytes > 2500 {
+            Reply::status(413)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
+    let sent = ids("split", 40);
+    daemon.post_ids(&sent, "split.test").await;
+    assert!(
+        receiver.wait_for(&set(&sent), WAIT).await,
+        "not all delivered:\n{}",
+        daemon.log()
+    );
+    let seen = receiver.seen();
+    assert!(
+        seen.iter().any(|s| s.status == 413),
+        "the first batch should have been too large"
+    );
+    assert!(seen
+        .iter()
+        .filter(|s| s.status == 200)
+        .all(|s| s.bytes <= 2500));
+    let mut accepted = receiver.accepted_ids();
+    accepted.sort();
+    assert_eq!(accepted, sent, "every event exactly once");
+    let metrics = daemon.metrics().await;
+    assert!(sample(&metrics, "outboxd_sink_splits_total{sink=\"remote\"}").unwrap() >= 1.0);
+    assert_eq!(
+        sample(&metrics, "outboxd_sink_events_sent_total{sink=\"remote\"}"),
+        Some(40.0)
+    );
+}
+
+#[tokio::test]
+async fn a_429_waits_for_retry_after_and_resends_the_same_key() {
+    let receiver = Receiver::start(|_, n| {
+        if n == 0 {
+            Reply::status(429).header("retry-after", "1")
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    // Retry-After is capped by retry.max: give it room.
+    let daemon =
+        Daemon::start(&http_sink(&receiver.url(), "").replace("max = \"400ms\"", "max = \"5s\""))
+            .await;
+    let sent = ids("ra", 5);
+    daemon.post_ids(&sent, "t").await;
+    assert!(receiver.wait_for(&set(&sent), WAIT).await);
+    let seen = receiver.seen();
+    assert_eq!(seen[0].status, 429);
+    assert_eq!(
+        seen[1].key, seen[0].key,
+        "a retry carries the same Idempotency-Key"
+    );
+    let waited = seen[1].at - seen[0].at;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "Retry-After: 1 was not honoured ({waited:?})"
+    );
+}
+
+#[tokio::test]
+async fn a_run_of_500s_backs_off_and_then_delivers() {
+    let receiver = Receiver::start(|_, n| {
+        if n < 4 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
+    let sent = ids("flaky", 12);
+    daemon.post_ids(&sent, "t").await;
+    assert!(receiver.wait_for(&set(&sent), WAIT).await);
+    let seen = receiver.seen();
+    assert_eq!(seen.iter().filter(|s| s.status == 500).count(), 4);
+    assert!(
+        seen.iter().all(|s| s.key == seen[0].key),
+        "every attempt at the range uses one key"
+    );
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "outboxd_sink_attempts_total{sink=\"remote\",outcome=\"retry\"}"
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&metrics, "outboxd_sink_retries_total{sink=\"remote\"}"),
+        Some(4.0)
+    );
+    // Delivered events leave the outbox.
+    let status = daemon
+        .wait_sink("remote", WAIT, |s| s["lag_events"] == 0)
+        .await;
+    assert_eq!(status["state"], "running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        daemon.stored().await.is_empty(),
+        "delivered events are deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_401_halts_the_sink_until_the_config_is_fixed() {
+    let receiver = Receiver::start(|seen, _| {
+        if seen.authorization == "Bearer right" {
+            Reply::ok()
+        } else {
+            Reply::status(401)
+        }
+    })
+    .await;
+    let mut daemon = Daemon::start(&http_sink(&receiver.url(), "token = \"wrong\"")).await;
+    let sent = ids("auth", 8);
+    daemon.post_ids(&sent, "t").await;
+    let status = daemon
+        .wait_sink("remote", WAIT, |s| s["state"] == "halted")
+        .await;
+    assert!(
+        status["last_error"].as_str().unwrap().contains("401"),
+        "{status}"
+    );
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "outboxd_sink_state{sink=\"remote\",state=\"halted\"}"
+        ),
+        Some(1.0)
+    );
+    // Probing goes on, nothing is lost or dead-lettered meanwhile.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(receiver.seen().len() >= 2, "the halted sink probes again");
+    assert_eq!(daemon.stored().await.len(), 8);
+    assert_eq!(daemon.sink("remote").await["dead_letters"], 0);
+    daemon.rewrite_config("token = \"wrong\"", "token = \"right\"");
+    daemon.restart().await;
+    assert!(
+        receiver.wait_for(&set(&sent), WAIT).await,
+        "{}",
+        daemon.log()
+    );
+    daemon
+        .wait_sink("remote", WAIT, |s| {
+            s["state"] == "running" && s["lag_events"] == 0
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_poison_event_is_isolated_and_dead_lettered_alone() {
+    let receiver = Receiver::start(|seen, _| {
+        if seen.types.iter().any(|t| t == "poison") {
+            Reply::status(400)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
+    let good_before = ids("good-a", 9);
+    let good_after = ids("good-b", 6);
+    let body: String = good_before
+        .iter()
+        .map(|id| format!("{{\"type\":\"fine\",\"id\":\"{id}\"}}\n"))
+        .chain(std::iter::once(
+            "{\"type\":\"poison\",\"id\":\"the-poison\"}\n".to_string(),
+        ))
+        .chain(
+            good_after
+                .iter()
+                .map(|id| format!("{{\"type\":\"fine\",\"id\":\"{id}\"}}\n")),
+        )
+        .collect();
+    assert_eq!(
+        daemon.post("application/x-ndjson", body).await.status,
+        hyper::StatusCode::OK
+    );
+    let mut good = good_before.clone();
+    good.extend(good_after);
+    assert!(
+        receiver.wait_for(&set(&good), WAIT).await,
+        "{}",
+        daemon.log()
+    );
+    let status = daemon
+        .wait_sink("remote", WAIT, |s| {
+            s["dead_letters"] == 1 && s["lag_events"] == 0
+        })
+        .await;
+    assert_eq!(status["state"], "running");
+    let mut accepted = receiver.accepted_ids();
+    accepted.sort();
+    good.sort();
+    assert_eq!(
+        accepted, good,
+        "every good event exactly once, the poison never"
+    );
+    let letters = daemon
+        .client()
+        .get("/v1/dead-letters?sink=remote")
+        .await
+        .unwrap()
+        .json();
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["id"], "the-poison");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("rejected: 400"),
+        "{}",
+        letters[0]
+    );
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "outboxd_sink_dead_lettered_events_total{sink=\"remote\",reason=\"rejected\"}"
+        ),
+        Some(1.0)
+    );
+    // Replay after the cause is fixed: the receiver now takes it.
+    receiver.set_script(|_, _| Reply::ok());
+    let answer = daemon
+        .client()
+        .request(
+            hyper::Method::POST,
+            Some("/v1/dead-letters/replay"),
+            &[("content-type", "application/json")],
+            r#"{"sink":"remote","ids":["the-poison"]}"#.into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.json()["requeued"], 1);
+    assert!(
+        receiver
+            .wait_for(&set(&["the-poison".to_string()]), WAIT)
+            .await
+    );
+    daemon
+        .wait_sink("remote", WAIT, |s| s["dead_letters"] == 0)
+        .await;
+}
+
+#[tokio::test]
+async fn a_409_counts_as_delivered() {
+    let receiver = Receiver::start(|_, _| Reply::status(409)).await;
+    let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
+    daemon.post_ids(&ids("dup", 3), "t").await;
+    daemon
+        .wait_sink("remote", WAIT, |s| s["lag_events"] == 0 && s["cursor"] == 3)
+        .await;
+    assert_eq!(receiver.seen().len(), 1);
+    assert_eq!(daemon.sink("remote").await["dead_letters"], 0);
+}
+
+#[tokio::test]
+async fn the_idempotency_key_survives_kill_9() {
+    // The receiver holds the first request long enough to kill the daemon mid-attempt.
+    let receiver = Receiver::start(|_, n| {
+        if n == 0 {
+            Reply::ok().after(Duration::from_secs(5))
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let mut daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
+    let sent = ids("crash", 10);
+    daemon.post_ids(&sent, "t").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while receiver.seen().is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.kill9();
+    daemon.spawn().await;
+    while receiver.seen().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no resend after the restart:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = receiver.seen();
+    assert_eq!(
+        seen[1].key, seen[0].key,
+        "the batch in flight is resent with the same key after a restart"
+    );
+    assert_eq!(seen[1].ids, seen[0].ids, "the same range");
+    assert_eq!(
+        seen[0].key,
+        "remote-00000000000000000001-00000000000000000010"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_receiver_does_not_hold_back_another_sink_or_ingest() {
+    let receiver = Receiver::start(|_, _| Reply::ok()).await;
+    receiver.stop();
+    let config = format!(
+        "{}\n[sinks.disk]\nkind = \"file\"\ndir = \"out\"\n[sinks.disk.batch]\nmax_age = \"50ms\"\n",
+        http_sink(&receiver.url(), "")
+    );
+    let daemon = Daemon::start(&config).await;
+    for round in 0..5 {
+        daemon.post_ids(&ids(&format!("iso{round}"), 20), "t").await;
+    }
+    let disk = daemon.wait_sink("disk", WAIT, |s| s["cursor"] == 100).await;
+    assert_eq!(disk["state"], "running");
+    let remote = daemon
+        .wait_sink("remote", WAIT, |s| s["state"] == "backoff")
+        .await;
+    assert_eq!(remote["cursor"], 0);
+    assert!(
+        remote["last_error"].as_str().unwrap().contains("POST"),
+        "{remote}"
+    );
+    // The events wait for the slow sink: nothing is deleted before it has them.
+    assert_eq!(daemon.stored().await.len(), 100);
+    let files: Vec<_> = std::fs::read_dir(daemon.data_dir().join("out"))
+        .unwrap()
+        .collect();
+    assert!(!files.is_empty());
+    receiver.resume().await;
+    let all: BTreeSet<String> = (0..5).flat_map(|r| ids(&format!("iso{r}"), 20)).collect();
+    assert!(receiver.wait_for(&all, WAIT).await);
+}
