@@ -13,6 +13,7 @@ pub mod format;
 pub mod ingest;
 pub mod ops;
 pub mod outbox;
+pub mod remote;
 pub mod send;
 pub mod shutdown;
 pub mod sinks;

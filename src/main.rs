@@ -1,6 +1,6 @@
 //! The `outboxd` command line: thin wrappers around the library.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use outboxd::client::{Client, Target};
 use outboxd::config::{Config, Source};
 use outboxd::send::{send, SendOptions};
@@ -32,22 +32,103 @@ enum Command {
     },
     /// Post NDJSON (or a JSON array) events from FILE or stdin.
     Send {
-        /// outboxd's HTTP address [default: http://127.0.0.1:9811].
-        #[arg(long, conflicts_with = "socket")]
-        url: Option<String>,
-        /// outboxd's Unix socket instead of HTTP.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        connect: Connect,
         /// Events per request.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch: u32,
-        /// Bearer token, when ingest.auth_token is set.
-        #[arg(long)]
-        token: Option<String>,
         /// Input file; "-" or nothing reads stdin.
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
     },
+    /// Show each sink's state, cursor, lag, errors and dead letters.
+    Status {
+        #[command(flatten)]
+        connect: Connect,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List or replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters (all sinks, or one).
+    List {
+        #[command(flatten)]
+        connect: Connect,
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requeue a sink's dead letters (all, or --ids) once the cause is fixed.
+    Replay {
+        #[command(flatten)]
+        connect: Connect,
+        #[arg(long)]
+        sink: String,
+        /// Comma-separated event ids; all of the sink's when absent.
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<String>>,
+    },
+}
+
+/// How to reach a running daemon.
+#[derive(Args)]
+struct Connect {
+    /// outboxd's HTTP address [default: http://127.0.0.1:9811].
+    #[arg(long, conflicts_with = "socket")]
+    url: Option<String>,
+    /// outboxd's Unix socket instead of HTTP.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Bearer token, when ingest.auth_token is set.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl Connect {
+    fn client(&self) -> anyhow::Result<Client> {
+        let target = match (&self.url, &self.socket) {
+            (_, Some(socket)) => Target::unix(socket, "/v1/events"),
+            (url, None) => Target::from_url(
+                url.as_deref().unwrap_or("http://127.0.0.1:9811"),
+                "/v1/events",
+            )?,
+        };
+        Ok(Client::new(target))
+    }
+}
+
+/// Runs one client-side command on a small runtime.
+fn remote<F, Fut>(connect: &Connect, work: F) -> ExitCode
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let client = match connect.client() {
+        Ok(client) => client,
+        Err(e) => return fail(e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.to_string()),
+    };
+    match runtime.block_on(work(client)) {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{e:#}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -86,23 +167,10 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("{}: {e}", file.display())),
         },
         Command::Send {
-            url,
-            socket,
+            connect,
             batch,
-            token,
             file,
         } => {
-            let target = match (url, socket) {
-                (_, Some(socket)) => Ok(Target::unix(socket, "/v1/events")),
-                (url, None) => Target::from_url(
-                    url.as_deref().unwrap_or("http://127.0.0.1:9811"),
-                    "/v1/events",
-                ),
-            };
-            let target = match target {
-                Ok(target) => target,
-                Err(e) => return fail(e.to_string()),
-            };
             let input: Box<dyn std::io::BufRead> = match file.as_deref() {
                 None => Box::new(std::io::stdin().lock()),
                 Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
@@ -114,28 +182,42 @@ fn main() -> ExitCode {
             let options = SendOptions {
                 batch_events: batch as usize,
                 batch_bytes: 4 << 20,
-                token,
+                token: connect.token.clone(),
                 retries: 5,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fail(e.to_string()),
-            };
-            let mut client = Client::new(target);
-            match runtime.block_on(send(&mut client, input, &options)) {
-                Ok(report) => {
-                    println!(
-                        "accepted {} events ({} duplicates) in {} requests; last_seq {}",
-                        report.accepted, report.duplicates, report.requests, report.last_seq
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(format!("{e:#}")),
-            }
+            remote(&connect, |mut client| async move {
+                let report = send(&mut client, input, &options).await?;
+                Ok(format!(
+                    "accepted {} events ({} duplicates) in {} requests; last_seq {}\n",
+                    report.accepted, report.duplicates, report.requests, report.last_seq
+                ))
+            })
         }
+        Command::Status { connect, json } => {
+            let token = connect.token.clone();
+            remote(&connect, |mut client| async move {
+                outboxd::remote::status(&mut client, token.as_deref(), json).await
+            })
+        }
+        Command::Dlq { command } => match command {
+            DlqCommand::List {
+                connect,
+                sink,
+                json,
+            } => {
+                let token = connect.token.clone();
+                remote(&connect, |mut client| async move {
+                    outboxd::remote::dlq_list(&mut client, token.as_deref(), sink.as_deref(), json)
+                        .await
+                })
+            }
+            DlqCommand::Replay { connect, sink, ids } => {
+                let token = connect.token.clone();
+                remote(&connect, |mut client| async move {
+                    outboxd::remote::dlq_replay(&mut client, token.as_deref(), &sink, ids).await
+                })
+            }
+        },
     }
 }
 

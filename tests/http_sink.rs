@@ -255,19 +255,44 @@ async fn a_poison_event_is_isolated_and_dead_lettered_alone() {
         ),
         Some(1.0)
     );
+    // The CLI shows the same, as tables.
+    let url = format!("http://127.0.0.1:{}", daemon.http_port);
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(common::binary())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let status = cli(&["status", "--url", &url]);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("remote"))
+        .expect(&status);
+    assert!(row.contains("http") && row.contains("running"), "{status}");
+    let listed = cli(&["dlq", "list", "--sink", "remote", "--url", &url]);
+    assert!(
+        listed.contains("the-poison") && listed.contains("rejected: 400"),
+        "{listed}"
+    );
     // Replay after the cause is fixed: the receiver now takes it.
     receiver.set_script(|_, _| Reply::ok());
-    let answer = daemon
-        .client()
-        .request(
-            hyper::Method::POST,
-            Some("/v1/dead-letters/replay"),
-            &[("content-type", "application/json")],
-            r#"{"sink":"remote","ids":["the-poison"]}"#.into(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(answer.json()["requeued"], 1);
+    let replayed = cli(&[
+        "dlq",
+        "replay",
+        "--sink",
+        "remote",
+        "--ids",
+        "the-poison",
+        "--url",
+        &url,
+    ]);
+    assert!(replayed.contains("requeued 1"), "{replayed}");
     assert!(
         receiver
             .wait_for(&set(&["the-poison".to_string()]), WAIT)

@@ -15,6 +15,13 @@ if ! command -v promtool >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# s3s-fs: an S3-compatible server that checks signatures, for the S3 sink tests.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "tests/run.sh: installing s3s-fs (cargo install, a few minutes once)"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
+fi
+
 if command -v rustfmt >/dev/null 2>&1; then
   cargo fmt --all -- --check
 fi

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod s3;
 
 use bytes::Bytes;
 use outboxd::client::{Answer, Client, Target};
@@ -275,6 +276,8 @@ pub struct Stored {
     pub id: String,
     pub event_type: String,
     pub body: serde_json::Value,
+    /// The body exactly as stored.
+    pub raw: String,
 }
 
 pub async fn stored_in(db: &Path) -> Vec<Stored> {
@@ -295,6 +298,7 @@ pub async fn stored_in(db: &Path) -> Vec<Stored> {
             id,
             event_type,
             body: serde_json::from_slice(&body).expect("stored bodies are JSON"),
+            raw: String::from_utf8(body).expect("stored bodies are UTF-8"),
         })
         .collect()
 }

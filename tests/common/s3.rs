@@ -1,0 +1,125 @@
+//! A real S3-compatible server (s3s-fs, which checks signatures) on a
+//! loopback port, with its objects read straight from its directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "outboxd-test";
+pub const SECRET_KEY: &str = "outboxd-test-secret";
+
+pub struct S3Server {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let mut server = S3Server {
+            port: super::free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and directory.
+    pub async fn resume(&mut self) {
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs is installed by tests/run.sh (cargo install s3s-fs --features binary)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn bucket_exists(&self, bucket: &str) -> bool {
+        self.dir.path().join(bucket).is_dir()
+    }
+
+    /// Every object of the bucket: (key, bytes), sorted by key.
+    pub fn objects(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
+        let root = self.dir.path().join(bucket);
+        let mut out = Vec::new();
+        walk(&root, &root, &mut out);
+        out.sort();
+        out
+    }
+
+    /// Creates a bucket directly (for sinks with create_bucket = false).
+    pub fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.dir.path().join(bucket)).unwrap();
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path: PathBuf = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            walk(root, &path, out);
+        } else if !name.starts_with('.')
+            && !name.ends_with(".metadata.json")
+            && !name.contains(".tmp")
+        {
+            let key = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.push((key, std::fs::read(&path).unwrap()));
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Decodes an object by its key's extension into JSON lines.
+pub fn lines(key: &str, bytes: &[u8]) -> Vec<String> {
+    let plain = if key.ends_with(".gz") {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out).unwrap();
+        out
+    } else if key.ends_with(".zst") {
+        zstd::decode_all(bytes).unwrap()
+    } else {
+        bytes.to_vec()
+    };
+    String::from_utf8(plain)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,307 @@
+//! The S3 sink against a real S3-compatible server (s3s-fs, signatures
+//! checked): keys, bytes, compression, bucket creation, halting on a wrong
+//! secret, an outage and a kill -9 mid-upload without loss or duplicates.
+
+mod common;
+
+use common::s3::{lines, S3Server, ACCESS_KEY, SECRET_KEY};
+use common::{ids, sample, Daemon};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn s3_sink(name: &str, server: &S3Server, bucket: &str, extra: &str) -> String {
+    format!(
+        "[sinks.{name}]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{bucket}\"\naccess_key = \"{ACCESS_KEY}\"\nsecret_key_env = \"TEST_S3_SECRET_KEY\"\ncreate_bucket = true\n{extra}\n[sinks.{name}.batch]\nmax_age = \"100ms\"\n[sinks.{name}.retry]\ninitial = \"50ms\"\nmax = \"500ms\"\nhalted_probe = \"300ms\"\n",
+        server.endpoint()
+    )
+}
+
+/// Sets the secret the sinks read through `secret_key_env`.
+fn with_secret() {
+    // Tests in this file share the one right secret.
+    std::env::set_var("TEST_S3_SECRET_KEY", SECRET_KEY);
+}
+
+/// Every line of every object, with the key it came from.
+fn all_lines(server: &S3Server, bucket: &str) -> Vec<(String, String)> {
+    server
+        .objects(bucket)
+        .into_iter()
+        .flat_map(|(key, bytes)| {
+            lines(&key, &bytes)
+                .into_iter()
+                .map(move |l| (key.clone(), l))
+        })
+        .collect()
+}
+
+fn ids_in(lines: &[(String, String)]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|(_, l)| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+async fn wait_for_ids(server: &S3Server, bucket: &str, want: &BTreeSet<String>, daemon: &Daemon) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let have: BTreeSet<String> = ids_in(&all_lines(server, bucket)).into_iter().collect();
+        if want.is_subset(&have) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing {} of {} events in S3\n{}",
+            want.difference(&have).count(),
+            want.len(),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn objects_hold_the_stored_events_under_range_keys() {
+    with_secret();
+    let server = S3Server::start().await;
+    // A second sink that never delivers keeps the events in the outbox, so the
+    // objects can be compared with what was stored, byte for byte.
+    let config = format!(
+        "{}\n[sinks.hold]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n",
+        s3_sink("lake", &server, "events", "prefix = \"agents/\""),
+        common::free_port()
+    );
+    let daemon = Daemon::start(&config).await;
+    let sent = ids("obj", 30);
+    daemon.post_ids(&sent[..10], "message.created").await;
+    daemon.post_ids(&sent[10..], "tool.called").await;
+    wait_for_ids(&server, "events", &sent.iter().cloned().collect(), &daemon).await;
+    assert!(
+        server.bucket_exists("events"),
+        "create_bucket made the bucket"
+    );
+    let stored = daemon.stored().await;
+    let mut expected = String::new();
+    for event in &stored {
+        // The object line is the stored body with its seq in front.
+        expected.push_str(&format!("{{\"seq\":{},{}", event.seq, &event.raw[1..]));
+        expected.push('\n');
+    }
+    let objects = server.objects("events");
+    let mut concatenated = String::new();
+    let now = time::OffsetDateTime::now_utc();
+    for (key, bytes) in &objects {
+        let name = key.rsplit('/').next().unwrap();
+        let (first, last) = name.trim_end_matches(".jsonl").split_once('-').unwrap();
+        assert_eq!((first.len(), last.len()), (20, 20), "{key}");
+        assert!(
+            key.starts_with(&format!(
+                "agents/{:04}/{:02}/",
+                now.year(),
+                now.month() as u8
+            )),
+            "{key} should be dated under the prefix"
+        );
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let seqs: Vec<i64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs.first().copied(), Some(first.parse().unwrap()), "{key}");
+        assert!(*seqs.last().unwrap() <= last.parse().unwrap());
+        concatenated.push_str(&text);
+    }
+    assert_eq!(concatenated, expected);
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        sample(&metrics, "outboxd_sink_events_sent_total{sink=\"lake\"}"),
+        Some(30.0)
+    );
+    assert_eq!(daemon.sink("lake").await["state"], "running");
+}
+
+#[tokio::test]
+async fn gzip_and_zstd_objects_decode_with_their_extension_and_encoding() {
+    with_secret();
+    let server = S3Server::start().await;
+    let config = [
+        s3_sink("plain", &server, "enc", "prefix = \"plain/\""),
+        s3_sink(
+            "gz",
+            &server,
+            "enc",
+            "prefix = \"gz/\"\ncompression = \"gzip\"",
+        ),
+        s3_sink(
+            "zs",
+            &server,
+            "enc",
+            "prefix = \"zs/\"\ncompression = \"zstd\"",
+        ),
+    ]
+    .join("\n");
+    let daemon = Daemon::start(&config).await;
+    let sent = ids("enc", 25);
+    daemon.post_ids(&sent, "t").await;
+    for name in ["plain", "gz", "zs"] {
+        daemon.wait_sink(name, WAIT, |s| s["lag_events"] == 0).await;
+    }
+    let mut by_prefix: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, bytes) in server.objects("enc") {
+        let prefix = key.split('/').next().unwrap().to_string();
+        let extension = match prefix.as_str() {
+            "plain" => ".jsonl",
+            "gz" => ".jsonl.gz",
+            _ => ".jsonl.zst",
+        };
+        assert!(key.ends_with(extension), "{key}");
+        by_prefix
+            .entry(prefix)
+            .or_default()
+            .extend(lines(&key, &bytes));
+    }
+    assert_eq!(by_prefix.len(), 3);
+    assert_eq!(by_prefix["gz"], by_prefix["plain"]);
+    assert_eq!(by_prefix["zs"], by_prefix["plain"]);
+    assert_eq!(by_prefix["plain"].len(), 25);
+    // The object's Content-Encoding says how it is compressed.
+    let bucket = s3::Bucket::new(
+        "enc",
+        s3::Region::Custom {
+            region: "us-east-1".into(),
+            endpoint: server.endpoint(),
+        },
+        s3::creds::Credentials::new(Some(ACCESS_KEY), Some(SECRET_KEY), None, None, None).unwrap(),
+    )
+    .unwrap()
+    .with_path_style();
+    let gz_key = server
+        .objects("enc")
+        .into_iter()
+        .find(|(k, _)| k.starts_with("gz/"))
+        .unwrap()
+        .0;
+    let (head, _) = bucket.head_object(&gz_key).await.unwrap();
+    assert_eq!(head.content_encoding.as_deref(), Some("gzip"));
+}
+
+#[tokio::test]
+async fn a_wrong_secret_halts_with_nothing_lost_until_fixed() {
+    with_secret();
+    let server = S3Server::start().await;
+    let sink = s3_sink("lake", &server, "halt", "").replace(
+        "secret_key_env = \"TEST_S3_SECRET_KEY\"",
+        "secret_key = \"not-the-secret\"",
+    );
+    let mut daemon = Daemon::start(&sink).await;
+    let sent = ids("halt", 12);
+    daemon.post_ids(&sent, "t").await;
+    let status = daemon
+        .wait_sink("lake", WAIT, |s| s["state"] == "halted")
+        .await;
+    assert!(
+        status["last_error"].as_str().unwrap().contains("403"),
+        "{status}"
+    );
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "outboxd_sink_state{sink=\"lake\",state=\"halted\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        daemon.stored().await.len(),
+        12,
+        "nothing is lost while halted"
+    );
+    assert_eq!(status["dead_letters"], 0);
+    daemon.rewrite_config(
+        "secret_key = \"not-the-secret\"",
+        &format!("secret_key = \"{SECRET_KEY}\""),
+    );
+    daemon.restart().await;
+    wait_for_ids(&server, "halt", &sent.iter().cloned().collect(), &daemon).await;
+    daemon
+        .wait_sink("lake", WAIT, |s| {
+            s["state"] == "running" && s["lag_events"] == 0
+        })
+        .await;
+}
+
+// "NoSuchBucket with create_bucket = false halts" is covered by the unit test
+// of the S3 answer classification only: s3s-fs 0.14.1 accepts a PUT into a
+// bucket that does not exist (it creates the directory), so a real server
+// here cannot produce that answer.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
+    with_secret();
+    let mut server = S3Server::start().await;
+    let daemon = Daemon::start(&s3_sink("lake", &server, "outage", "")).await;
+    let mut sent = Vec::new();
+    for round in 0..20 {
+        if round == 5 {
+            server.stop();
+        }
+        if round == 15 {
+            server.resume().await;
+        }
+        let batch = ids(&format!("out{round}"), 25);
+        daemon.post_ids(&batch, "t").await;
+        sent.extend(batch);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    wait_for_ids(&server, "outage", &sent.iter().cloned().collect(), &daemon).await;
+    daemon
+        .wait_sink("lake", WAIT, |s| s["lag_events"] == 0)
+        .await;
+    let mut found = ids_in(&all_lines(&server, "outage"));
+    found.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(found, want, "each event in exactly one object");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_uploads_rewrites_the_same_keys() {
+    with_secret();
+    let server = S3Server::start().await;
+    let sink = s3_sink("lake", &server, "crash", "")
+        .replace("max_age = \"100ms\"", "max_age = \"20ms\"\nmax_events = 40");
+    let mut daemon = Daemon::start(&sink).await;
+    let mut acked = Vec::new();
+    for round in 0..12 {
+        let batch = ids(&format!("k{round}"), 30);
+        daemon.post_ids(&batch, "t").await;
+        acked.extend(batch);
+        if round == 6 {
+            daemon.kill9();
+            daemon.spawn().await;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    wait_for_ids(&server, "crash", &acked.iter().cloned().collect(), &daemon).await;
+    daemon
+        .wait_sink("lake", WAIT, |s| s["lag_events"] == 0)
+        .await;
+    let mut found = ids_in(&all_lines(&server, "crash"));
+    found.sort();
+    acked.sort();
+    assert_eq!(
+        found, acked,
+        "every acknowledged event exactly once across all objects"
+    );
+}
