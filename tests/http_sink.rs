@@ -388,3 +388,89 @@ async fn a_dead_receiver_does_not_hold_back_another_sink_or_ingest() {
     let all: BTreeSet<String> = (0..5).flat_map(|r| ids(&format!("iso{r}"), 20)).collect();
     assert!(receiver.wait_for(&all, WAIT).await);
 }
+
+#[tokio::test]
+async fn max_attempts_dead_letters_the_batch_instead_of_dropping_it() {
+    let receiver = Receiver::start(|_, _| Reply::status(503)).await;
+    let config =
+        http_sink(&receiver.url(), "").replace("halted_probe", "max_attempts = 3\nhalted_probe");
+    let daemon = Daemon::start(&config).await;
+    let sent = ids("gaveup", 4);
+    daemon.post_ids(&sent, "t").await;
+    let status = daemon
+        .wait_sink("remote", WAIT, |s| s["dead_letters"] == 4)
+        .await;
+    assert_eq!(status["cursor"], 4);
+    assert_eq!(receiver.seen().len(), 3, "exactly max_attempts attempts");
+    let letters = daemon
+        .client()
+        .get("/v1/dead-letters")
+        .await
+        .unwrap()
+        .json();
+    let letters = letters.as_array().unwrap();
+    let mut dead: Vec<String> = letters
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    dead.sort();
+    assert_eq!(dead, sent);
+    assert!(letters[0]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("retries exhausted: 3 attempts"));
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "outboxd_sink_dead_lettered_events_total{sink=\"remote\",reason=\"retries_exhausted\"}"
+        ),
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_abandons_a_slow_attempt_after_the_drain_timeout_and_resends_it() {
+    let receiver = Receiver::start(|_, n| {
+        if n == 0 {
+            Reply::ok().after(Duration::from_secs(30))
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let config = format!(
+        "[shutdown]\ndrain_timeout = \"1s\"\n{}",
+        http_sink(&receiver.url(), "")
+    );
+    let mut daemon = Daemon::start(&config).await;
+    let sent = ids("slow", 6);
+    daemon.post_ids(&sent, "t").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while receiver.seen().is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = daemon.terminate();
+        (status, daemon)
+    });
+    let (status, mut daemon) = status.await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "drain_timeout was not applied: {:?}",
+        started.elapsed()
+    );
+    daemon.spawn().await;
+    while receiver.seen().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = receiver.seen();
+    assert_eq!(
+        (seen[1].key.as_str(), &seen[1].ids),
+        (seen[0].key.as_str(), &seen[0].ids)
+    );
+}

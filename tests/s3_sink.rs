@@ -305,3 +305,71 @@ async fn kill_9_during_uploads_rewrites_the_same_keys() {
         "every acknowledged event exactly once across all objects"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_http_receiver_does_not_hold_back_s3_or_ingest() {
+    with_secret();
+    let server = S3Server::start().await;
+    let config = format!(
+        "{}\n[sinks.remote]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n[sinks.remote.retry]\ninitial = \"50ms\"\nmax = \"200ms\"\n",
+        s3_sink("lake", &server, "iso", ""),
+        common::free_port()
+    );
+    let daemon = Daemon::start(&config).await;
+    let mut sent = Vec::new();
+    for round in 0..10 {
+        let batch = ids(&format!("iso{round}"), 50);
+        daemon.post_ids(&batch, "t").await;
+        sent.extend(batch);
+    }
+    wait_for_ids(&server, "iso", &sent.iter().cloned().collect(), &daemon).await;
+    let lake = daemon
+        .wait_sink("lake", WAIT, |s| s["lag_events"] == 0)
+        .await;
+    assert_eq!(lake["state"], "running");
+    let remote = daemon
+        .wait_sink("remote", WAIT, |s| s["state"] == "backoff")
+        .await;
+    assert_eq!(remote["cursor"], 0);
+    assert_eq!(
+        daemon.stored().await.len(),
+        500,
+        "kept for the sink that has not delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_over_8_mib_goes_up_as_a_multipart_upload() {
+    with_secret();
+    let server = S3Server::start().await;
+    let sink = s3_sink("lake", &server, "big", "").replace(
+        "max_age = \"100ms\"",
+        "max_age = \"500ms\"\nmax_bytes = \"32MiB\"",
+    );
+    let daemon = Daemon::start(&sink).await;
+    // ~10 MiB in one batch: 20 requests of 50 events of ~10 KiB.
+    let padding = "p".repeat(10 * 1024);
+    let mut sent = Vec::new();
+    for round in 0..20 {
+        let batch = ids(&format!("big{round}"), 50);
+        let body: String = batch
+            .iter()
+            .map(|id| format!("{{\"type\":\"big\",\"id\":\"{id}\",\"data\":\"{padding}\"}}\n"))
+            .collect();
+        assert!(daemon
+            .post("application/x-ndjson", body)
+            .await
+            .status
+            .is_success());
+        sent.extend(batch);
+    }
+    wait_for_ids(&server, "big", &sent.iter().cloned().collect(), &daemon).await;
+    let objects = server.objects("big");
+    assert!(
+        objects
+            .iter()
+            .any(|(_, bytes)| bytes.len() > 8 * 1024 * 1024),
+        "one object over the part size"
+    );
+    assert_eq!(ids_in(&all_lines(&server, "big")).len(), 1000);
+}

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 /// What an attempt loop concluded for one batch.
 enum Verdict {
     Delivered,
-    /// Give these events up with this reason.
-    Dead(String),
+    /// Give these events up: a metric label and the full reason.
+    Dead(&'static str, String),
     /// Too large or rejected with more than one event: deliver in halves.
     Split,
     /// Shutting down; the range stays recorded and is sent again on start.
@@ -170,7 +170,7 @@ impl Delivery {
                     .record(encoded.events as f64);
                 Some(Some(batch.last))
             }
-            Verdict::Dead(reason) => {
+            Verdict::Dead(kind, reason) => {
                 let seqs: Vec<i64> = batch.selected.iter().map(|e| e.seq).collect();
                 tracing::warn!(sink = %self.name, events = seqs.len(), first = batch.first, last = batch.last, %reason, "dead-lettering");
                 self.progress(SinkOp::DeadLetter {
@@ -181,7 +181,6 @@ impl Delivery {
                 })
                 .await?;
                 self.status.advanced(batch.last);
-                let kind = reason.split(':').next().unwrap_or("rejected").to_string();
                 metrics::counter!(names::SINK_DEAD_LETTERED, "sink" => self.name.clone(), "reason" => kind)
                     .increment(seqs.len() as u64);
                 Some(Some(batch.last))
@@ -256,18 +255,19 @@ impl Delivery {
                 }
                 Outcome::TooLarge { reason } => {
                     self.status.failed(&reason);
-                    return Verdict::Dead(format!("too large: {reason}"));
+                    return Verdict::Dead("too_large", format!("too large: {reason}"));
                 }
                 Outcome::Rejected { reason } => {
                     self.status.failed(&reason);
-                    return Verdict::Dead(format!("rejected: {reason}"));
+                    return Verdict::Dead("rejected", format!("rejected: {reason}"));
                 }
                 Outcome::Retry { after, reason } => {
                     self.status.failed(&reason);
                     if retry.max_attempts.is_some_and(|max| attempts >= max) {
-                        return Verdict::Dead(format!(
-                            "retries exhausted: {attempts} attempts, last: {reason}"
-                        ));
+                        return Verdict::Dead(
+                            "retries_exhausted",
+                            format!("retries exhausted: {attempts} attempts, last: {reason}"),
+                        );
                     }
                     tracing::warn!(sink = %self.name, attempt = attempts, %reason, "delivery failed; will retry");
                     metrics::counter!(names::SINK_RETRIES, "sink" => self.name.clone())
@@ -316,7 +316,7 @@ impl Delivery {
                     sink: self.name.clone(),
                     seq,
                 },
-                Verdict::Dead(reason) => SinkOp::StillDead {
+                Verdict::Dead(_, reason) => SinkOp::StillDead {
                     sink: self.name.clone(),
                     seq,
                     reason,
