@@ -131,7 +131,20 @@ where
     }
 }
 
+/// Keeps freed batch buffers from staying resident. Measured with
+/// bench/drain.sh: glibc's defaults (an arena per thread, an mmap threshold
+/// that grows after large frees) kept 8 MiB batch buffers in the heap: peak
+/// RSS while draining 103 -> 76 MiB, after draining 77 -> 45 MiB.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {

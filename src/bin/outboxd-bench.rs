@@ -10,7 +10,7 @@ use outboxd::client::{Client, Target};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ struct Args {
     /// How long to send, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Stop once this many events were accepted (whichever comes first with --duration).
+    #[arg(long)]
+    total_events: Option<u64>,
     /// Give every event a unique client id (exercises dedup).
     #[arg(long)]
     unique_ids: bool,
@@ -173,6 +176,7 @@ async fn worker(
     run: Arc<str>,
     worker: u32,
     stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
 ) -> WorkerResult {
     let mut client = Client::new(target);
     let content_type = match args.format {
@@ -201,6 +205,12 @@ async fn worker(
     let mut result = WorkerResult::default();
     let mut request = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        if args
+            .total_events
+            .is_some_and(|total| sent.fetch_add(u64::from(args.batch), Ordering::Relaxed) >= total)
+        {
+            break;
+        }
         let payload = body(&args, &run, worker, request, &fixed);
         request += 1;
         let started = Instant::now();
@@ -263,6 +273,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let run_id: Arc<str> = Arc::from(format!("{:x}", outboxd::outbox::now_ms()));
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
     let rss_before = args.watch_pid.and_then(rss_mib);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
@@ -273,10 +284,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             run_id.clone(),
             n,
             stop.clone(),
+            sent.clone(),
         ));
     }
     let mut rss_max = rss_before.unwrap_or(0.0);
-    while started.elapsed() < args.duration {
+    let reached = |sent: &AtomicU64| {
+        args.total_events
+            .is_some_and(|total| sent.load(Ordering::Relaxed) >= total)
+    };
+    while started.elapsed() < args.duration && !reached(&sent) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(rss) = args.watch_pid.and_then(rss_mib) {
             rss_max = rss_max.max(rss);

@@ -32,6 +32,18 @@ enum Verdict {
     Stopped,
 }
 
+/// Rows read per query while gathering a batch.
+const READ_CHUNK: i64 = 1000;
+
+/// A batch being gathered: its range so far and the events this sink takes.
+struct Gathered {
+    first: i64,
+    last: i64,
+    selected: Vec<StoredEvent>,
+    bytes: usize,
+    full: bool,
+}
+
 /// Why a waiting loop woke up.
 enum Wake {
     Events,
@@ -146,6 +158,10 @@ impl Delivery {
             return Some(Some(batch.last));
         }
         let encoded = self.encode_fitting(&mut batch, fixed.is_empty());
+        // From here on only the seqs are needed (to split or dead-letter):
+        // the bodies live on in `encoded`, not twice.
+        let seqs: Vec<i64> = batch.selected.iter().map(|e| e.seq).collect();
+        drop(std::mem::take(&mut batch.selected));
         self.progress(SinkOp::RecordBatch {
             sink: self.name.clone(),
             first: batch.first,
@@ -153,7 +169,7 @@ impl Delivery {
         })
         .await?;
         self.status.batch(Some((batch.first, batch.last)));
-        match self.attempt(&encoded, batch.selected.len() > 1).await {
+        match self.attempt(&encoded, seqs.len() > 1).await {
             Verdict::Delivered => {
                 self.progress(SinkOp::Advance {
                     sink: self.name.clone(),
@@ -171,7 +187,6 @@ impl Delivery {
                 Some(Some(batch.last))
             }
             Verdict::Dead(kind, reason) => {
-                let seqs: Vec<i64> = batch.selected.iter().map(|e| e.seq).collect();
                 tracing::warn!(sink = %self.name, events = seqs.len(), first = batch.first, last = batch.last, %reason, "dead-lettering");
                 self.progress(SinkOp::DeadLetter {
                     sink: self.name.clone(),
@@ -186,9 +201,8 @@ impl Delivery {
                 Some(Some(batch.last))
             }
             Verdict::Split => {
-                let middle = batch.selected.len() / 2;
-                let (left_last, right_first) =
-                    (batch.selected[middle - 1].seq, batch.selected[middle].seq);
+                let middle = seqs.len() / 2;
+                let (left_last, right_first) = (seqs[middle - 1], seqs[middle]);
                 tracing::info!(sink = %self.name, first = batch.first, last = batch.last, "splitting the batch in two");
                 metrics::counter!(names::SINK_SPLITS, "sink" => self.name.clone()).increment(1);
                 fixed.push((right_first, batch.last));
@@ -341,10 +355,15 @@ impl Delivery {
         let mut last_seq = self.outbox.watch_last_seq();
         let mut requeues = self.outbox.watch_requeues();
         loop {
-            let rows = self
-                .read(|| self.outbox.read_after(cursor, bounds.max_events as i64))
-                .await?;
-            let Some(last_row) = rows.last().map(|e| e.seq) else {
+            let gathered = self.gather(cursor, bounds.max_events, plain_limit).await?;
+            let Some(Gathered {
+                first,
+                last,
+                selected,
+                bytes,
+                full,
+            }) = gathered
+            else {
                 match self
                     .wait_for_events(&mut last_seq, &mut requeues, cursor + 1, None)
                     .await
@@ -354,22 +373,6 @@ impl Delivery {
                     Wake::Shutdown => return None,
                 }
             };
-            let first = rows[0].seq;
-            let mut bytes = 0usize;
-            let mut last = last_row;
-            let mut selected = Vec::new();
-            for event in rows {
-                if bytes >= plain_limit && !selected.is_empty() {
-                    break;
-                }
-                last = event.seq;
-                if self.filter.matches(&event) {
-                    bytes += event.body.len() + 24;
-                    selected.push(event);
-                }
-            }
-            let full =
-                selected.len() >= bounds.max_events || bytes >= plain_limit || last < last_row;
             let oldest = selected.first().map(|e| e.received_ms);
             let due = oldest.is_none_or(|ms| now_ms() - ms >= bounds.max_age.0.as_millis() as i64);
             if full || due || self.shutdown.is_shutdown() {
@@ -391,6 +394,51 @@ impl Delivery {
                 Wake::Events => {}
                 Wake::Requeued => return Some(None),
                 Wake::Shutdown => return None,
+            }
+        }
+    }
+
+    /// Reads the events after `cursor` in chunks, keeping those this sink
+    /// takes, until `max_events` or `plain_limit` bytes are reached or the
+    /// outbox has no more. Memory holds one batch, whatever the backlog.
+    /// Some(None) when there is nothing after `cursor`; None on shutdown.
+    async fn gather(
+        &self,
+        cursor: i64,
+        max_events: usize,
+        plain_limit: usize,
+    ) -> Option<Option<Gathered>> {
+        let mut gathered: Option<Gathered> = None;
+        let mut after = cursor;
+        loop {
+            let rows = self
+                .read(|| self.outbox.read_after(after, READ_CHUNK))
+                .await?;
+            let caught_up = (rows.len() as i64) < READ_CHUNK;
+            for event in rows {
+                let batch = gathered.get_or_insert_with(|| Gathered {
+                    first: event.seq,
+                    last: event.seq,
+                    selected: Vec::new(),
+                    bytes: 0,
+                    full: false,
+                });
+                if batch.selected.len() >= max_events || batch.bytes >= plain_limit {
+                    batch.full = true;
+                    return Some(gathered);
+                }
+                batch.last = event.seq;
+                after = event.seq;
+                if self.filter.matches(&event) {
+                    batch.bytes += event.body.len() + 24;
+                    batch.selected.push(event);
+                }
+            }
+            if caught_up {
+                if let Some(batch) = gathered.as_mut() {
+                    batch.full = batch.selected.len() >= max_events || batch.bytes >= plain_limit;
+                }
+                return Some(gathered);
             }
         }
     }

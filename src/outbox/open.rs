@@ -152,7 +152,14 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
     let readers = SqlitePoolOptions::new()
         .max_connections(4)
         .min_connections(0)
-        .connect_with(options.clone().read_only(true).create_if_missing(false))
+        .connect_with(
+            options
+                .clone()
+                .read_only(true)
+                .create_if_missing(false)
+                // Readers stream through the backlog once; a big cache buys nothing.
+                .pragma("cache_size", "-1024"),
+        )
         .await
         .map_err(|e| describe(&path, "opening readers", e))?;
 

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# End-to-end drain benchmark against a real S3-compatible server (s3s-fs):
+#   1. build a backlog of N 1 KiB events with the S3 server down
+#   2. start the server and time the drain, sampling outboxd's RSS
+#   3. live: ingest for 15 s with the server up, then wait for lag 0
+#   bench/drain.sh [backlog-events]      (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backlog=${1:-1000000}
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
+cargo build --release --quiet --bin outboxd --bin outboxd-bench
+dir=$(mktemp -d)
+port=$((20000 + RANDOM % 20000)); mport=$((port + 1)); s3port=$((port + 2))
+cat > "$dir/outboxd.toml" <<TOML
+data_dir = "$dir/data"
+[ingest]
+http_listen = "127.0.0.1:$port"
+[metrics]
+listen = "127.0.0.1:$mport"
+[outbox]
+max_bytes = "16GiB"
+[log]
+level = "warn"
+[sinks.lake]
+kind = "s3"
+endpoint = "http://127.0.0.1:$s3port"
+bucket = "bench"
+access_key = "bench"
+secret_key = "bench-secret"
+create_bucket = true
+[sinks.lake.batch]
+max_bytes = "8MiB"
+max_age = "1s"
+[sinks.lake.retry]
+initial = "100ms"
+max = "1s"
+TOML
+mkdir -p "$dir/s3"
+target/release/outboxd run --config "$dir/outboxd.toml" 2>"$dir/log" &
+pid=$!
+s3pid=
+trap 'kill $pid $s3pid 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$pid/status; }
+lag() { curl -sf "http://127.0.0.1:$port/v1/sinks" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["lag_events"])'; }
+start_s3() {
+  s3s-fs --host 127.0.0.1 --port $s3port --access-key bench --secret-key bench-secret "$dir/s3" >/dev/null 2>&1 &
+  s3pid=$!
+}
+wait_drained() {  # prints seconds and max RSS while waiting for lag 0
+  local t0 max now
+  t0=$(date +%s.%N); max=0
+  while [ "$(lag)" != 0 ]; do
+    now=$(rss); max=$(python3 -c "print(max($max, $now))"); sleep 0.5
+  done
+  echo "$(python3 -c "print(round($(date +%s.%N) - $t0, 1))") $max"
+}
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "RSS idle: $(rss) MiB"
+
+echo "== 1. backlog of $backlog events (1 KiB) with S3 down"
+target/release/outboxd-bench --url "http://127.0.0.1:$port" --batch 500 --concurrency 8 \
+  --total-events "$backlog" --duration 600s --unique-ids --watch-pid $pid | grep -E 'events/s|rss'
+echo "RSS with the backlog on disk: $(rss) MiB; outbox: $(du -sh "$dir/data" | cut -f1)"
+
+echo "== 2. S3 up: drain"
+start_s3
+read -r seconds max_rss < <(wait_drained)
+objects=$(find "$dir/s3/bench" -type f | wc -l)
+bytes=$(du -sb "$dir/s3/bench" | cut -f1)
+echo "drained $backlog events in ${seconds}s: $(python3 -c "print(round($backlog / $seconds))") events/s"
+echo "objects: $objects, average $(python3 -c "print(round($bytes / max($objects, 1) / 1048576, 2))") MiB"
+echo "RSS while draining: max $max_rss MiB, after $(rss) MiB"
+
+echo "== 3. live: 15 s of ingest with S3 up, until the last event is in S3"
+t0=$(date +%s.%N)
+target/release/outboxd-bench --url "http://127.0.0.1:$port" --batch 500 --concurrency 8 \
+  --duration 15s --unique-ids --json > "$dir/live.json"
+read -r _ max_rss < <(wait_drained)
+events=$(python3 -c "import json; print(json.load(open('$dir/live.json'))['events_ok'])")
+total=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
+echo "ingested $events events; all in S3 after ${total}s: $(python3 -c "print(round($events / $total))") events/s end to end; RSS max $max_rss MiB"
