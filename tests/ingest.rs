@@ -151,39 +151,7 @@ async fn duplicates_are_accepted_again_after_the_dedup_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_loses_no_acknowledged_event_and_duplicates_none() {
     let mut daemon = Daemon::start("").await;
-    let port = daemon.http_port;
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..8 {
-        tasks.spawn(async move {
-            let mut client = outboxd::client::Client::new(
-                outboxd::client::Target::from_url(
-                    &format!("http://127.0.0.1:{port}"),
-                    "/v1/events",
-                )
-                .unwrap(),
-            );
-            let mut acked = Vec::new();
-            for request in 0.. {
-                let ids: Vec<String> = (0..20)
-                    .map(|i| format!("w{worker}-r{request}-e{i}"))
-                    .collect();
-                let body: String = ids
-                    .iter()
-                    .map(|id| {
-                        format!(
-                            "{{\"type\":\"load\",\"id\":\"{id}\",\"data\":\"{}\"}}\n",
-                            "x".repeat(200)
-                        )
-                    })
-                    .collect();
-                match client.post("application/x-ndjson", Bytes::from(body)).await {
-                    Ok(answer) if answer.status == StatusCode::OK => acked.extend(ids),
-                    _ => break, // the daemon is gone: this request may or may not have committed
-                }
-            }
-            acked
-        });
-    }
+    let mut tasks = common::load_until_gone(daemon.http_port, 8, 20, "w", 200);
     // Let acknowledged requests pile up, then pull the plug mid-stream.
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     daemon.kill9();

@@ -272,47 +272,37 @@ async fn a_second_daemon_on_the_same_data_dir_or_socket_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let blocker = dir.path().join("not-a-socket");
     std::fs::write(&blocker, "keep me").unwrap();
-    let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[ingest]\nhttp_listen = \"\"\nunix_socket = {:?}\n[metrics]\nlisten = \"\"\n",
-            dir.path().join("data").display().to_string(),
-            blocker.display().to_string()
-        ),
-    )
-    .unwrap();
-    let output = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a socket"));
+    let stderr = run_with_socket_at(dir.path(), &blocker);
+    assert!(stderr.contains("is not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "keep me");
     // A socket some other process listens on is left alone.
     let taken = dir.path().join("taken.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&taken).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[ingest]\nhttp_listen = \"\"\nunix_socket = {:?}\n[metrics]\nlisten = \"\"\n",
-            dir.path().join("data").display().to_string(),
-            taken.display().to_string()
-        ),
-    )
-    .unwrap();
+    let stderr = run_with_socket_at(dir.path(), &taken);
+    assert!(stderr.contains("another process is listening"), "{stderr}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&taken).is_ok(),
+        "the other socket still works"
+    );
+}
+
+/// Runs a daemon whose only listener is a socket at `socket`; it must fail:
+/// returns its stderr.
+fn run_with_socket_at(dir: &std::path::Path, socket: &std::path::Path) -> String {
+    let config = dir.join("c.toml");
+    let text = format!(
+        "data_dir = {:?}\n[ingest]\nhttp_listen = \"\"\nunix_socket = {:?}\n[metrics]\nlisten = \"\"\n",
+        dir.join("data").display().to_string(),
+        socket.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
     let output = Command::new(binary())
         .args(["run", "--config"])
         .arg(&config)
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("another process is listening"));
-    assert!(
-        std::os::unix::net::UnixStream::connect(&taken).is_ok(),
-        "the other socket still works"
-    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[tokio::test]

@@ -3,9 +3,7 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::Daemon;
-use hyper::StatusCode;
 use std::collections::HashSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -13,34 +11,7 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
     let mut daemon = Daemon::start("").await;
-    let port = daemon.http_port;
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..6 {
-        tasks.spawn(async move {
-            let mut client = outboxd::client::Client::new(
-                outboxd::client::Target::from_url(
-                    &format!("http://127.0.0.1:{port}"),
-                    "/v1/events",
-                )
-                .unwrap(),
-            );
-            let mut acked = Vec::new();
-            for request in 0.. {
-                let ids: Vec<String> = (0..10)
-                    .map(|i| format!("t{worker}-{request}-{i}"))
-                    .collect();
-                let body: String = ids
-                    .iter()
-                    .map(|id| format!("{{\"type\":\"t\",\"id\":\"{id}\"}}\n"))
-                    .collect();
-                match client.post("application/x-ndjson", Bytes::from(body)).await {
-                    Ok(answer) if answer.status == StatusCode::OK => acked.extend(ids),
-                    _ => break,
-                }
-            }
-            acked
-        });
-    }
+    let mut tasks = common::load_until_gone(daemon.http_port, 6, 10, "t", 0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = daemon.terminate();

@@ -326,3 +326,43 @@ pub fn zstd(data: &[u8]) -> Vec<u8> {
 pub fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:04}")).collect()
 }
+
+/// Clients posting NDJSON requests of `per_request` events with unique ids
+/// (`{prefix}{worker}-{request}-{i}`) until the daemon stops answering 200;
+/// each task returns the ids that were acknowledged.
+pub fn load_until_gone(
+    port: u16,
+    workers: usize,
+    per_request: usize,
+    prefix: &'static str,
+    padding: usize,
+) -> tokio::task::JoinSet<Vec<String>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..workers {
+        tasks.spawn(async move {
+            let mut client = Client::new(
+                Target::from_url(&format!("http://127.0.0.1:{port}"), "/v1/events").unwrap(),
+            );
+            let data = "x".repeat(padding);
+            let mut acked = Vec::new();
+            for request in 0.. {
+                let ids: Vec<String> = (0..per_request)
+                    .map(|i| format!("{prefix}{worker}-{request}-{i}"))
+                    .collect();
+                let body: String = ids
+                    .iter()
+                    .map(|id| {
+                        format!("{{\"type\":\"load\",\"id\":\"{id}\",\"data\":\"{data}\"}}\n")
+                    })
+                    .collect();
+                match client.post("application/x-ndjson", Bytes::from(body)).await {
+                    Ok(answer) if answer.status == hyper::StatusCode::OK => acked.extend(ids),
+                    // Gone: this last request may or may not have committed.
+                    _ => break,
+                }
+            }
+            acked
+        });
+    }
+    tasks
+}
