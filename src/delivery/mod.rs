@@ -115,6 +115,8 @@ impl Delivery {
             if self.redeliver_requeued().await.is_none() {
                 break;
             }
+            // A range from `fixed` is sent as it is; only a new one may shrink to fit.
+            let is_new = fixed.is_empty();
             let batch = match fixed.pop() {
                 Some((first, last)) => {
                     let events = self.read(|| self.outbox.read_range(first, last)).await;
@@ -135,7 +137,7 @@ impl Delivery {
                     None => break,
                 },
             };
-            match self.send(batch, &mut fixed).await {
+            match self.send(batch, is_new, &mut fixed).await {
                 Some(Some(to)) => cursor = to,
                 Some(None) => {}
                 None => break,
@@ -146,7 +148,12 @@ impl Delivery {
 
     /// Sends one fixed batch to its end. Some(Some(cursor)) when the cursor
     /// moved, Some(None) when the batch was split, None when stopping.
-    async fn send(&mut self, mut batch: Batch, fixed: &mut Vec<(i64, i64)>) -> Option<Option<i64>> {
+    async fn send(
+        &mut self,
+        mut batch: Batch,
+        is_new: bool,
+        fixed: &mut Vec<(i64, i64)>,
+    ) -> Option<Option<i64>> {
         if batch.selected.is_empty() {
             // Nothing here is for this sink: skip the range.
             self.progress(SinkOp::Advance {
@@ -157,7 +164,7 @@ impl Delivery {
             self.status.advanced(batch.last);
             return Some(Some(batch.last));
         }
-        let encoded = self.encode_fitting(&mut batch, fixed.is_empty());
+        let encoded = self.encode_fitting(&mut batch, is_new);
         // From here on only the seqs are needed (to split or dead-letter):
         // the bodies live on in `encoded`, not twice.
         let seqs: Vec<i64> = batch.selected.iter().map(|e| e.seq).collect();
