@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# End-to-end drain benchmark against a real S3-compatible server (s3s-fs):
-#   1. build a backlog of N 1 KiB events with the S3 server down
+# End-to-end drain benchmark, to a real S3-compatible server (s3s-fs) or to
+# an HTTP receiver (outboxd-bench --receive):
+#   1. build a backlog of N 1 KiB events with the receiving server down
 #   2. start the server and time the drain, sampling outboxd's RSS
 #   3. live: ingest for 15 s with the server up, then wait for lag 0
-#   bench/drain.sh [backlog-events]      (default 1000000)
+#   bench/drain.sh [backlog-events] [s3|http]      (default 1000000 s3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backlog=${1:-1000000}
+kind=${2:-s3}
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
 cargo build --release --quiet --bin outboxd --bin outboxd-bench
@@ -22,6 +24,9 @@ listen = "127.0.0.1:$mport"
 max_bytes = "16GiB"
 [log]
 level = "warn"
+TOML
+if [ "$kind" = s3 ]; then
+  cat >> "$dir/outboxd.toml" <<TOML
 [sinks.lake]
 kind = "s3"
 endpoint = "http://127.0.0.1:$s3port"
@@ -36,6 +41,16 @@ max_age = "1s"
 initial = "100ms"
 max = "1s"
 TOML
+else
+  cat >> "$dir/outboxd.toml" <<TOML
+[sinks.lake]
+kind = "http"
+url = "http://127.0.0.1:$s3port/ingest"
+[sinks.lake.retry]
+initial = "100ms"
+max = "1s"
+TOML
+fi
 mkdir -p "$dir/s3"
 target/release/outboxd run --config "$dir/outboxd.toml" 2>"$dir/log" &
 pid=$!
@@ -45,7 +60,11 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && 
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$pid/status; }
 lag() { curl -sf "http://127.0.0.1:$port/v1/sinks" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["lag_events"])'; }
 start_s3() {
-  s3s-fs --host 127.0.0.1 --port $s3port --access-key bench --secret-key bench-secret "$dir/s3" >/dev/null 2>&1 &
+  if [ "$kind" = s3 ]; then
+    s3s-fs --host 127.0.0.1 --port $s3port --access-key bench --secret-key bench-secret "$dir/s3" >/dev/null 2>&1 &
+  else
+    target/release/outboxd-bench --receive "127.0.0.1:$s3port" >/dev/null 2>&1 &
+  fi
   s3pid=$!
 }
 wait_drained() {  # prints seconds and max RSS while waiting for lag 0
@@ -59,25 +78,27 @@ wait_drained() {  # prints seconds and max RSS while waiting for lag 0
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "RSS idle: $(rss) MiB"
 
-echo "== 1. backlog of $backlog events (1 KiB) with S3 down"
+echo "== 1. backlog of $backlog events (1 KiB) with the $kind server down"
 target/release/outboxd-bench --url "http://127.0.0.1:$port" --batch 500 --concurrency 8 \
   --total-events "$backlog" --duration 600s --unique-ids --watch-pid $pid | grep -E 'events/s|rss'
 echo "RSS with the backlog on disk: $(rss) MiB; outbox: $(du -sh "$dir/data" | cut -f1)"
 
-echo "== 2. S3 up: drain"
+echo "== 2. $kind server up: drain"
 start_s3
 read -r seconds max_rss < <(wait_drained)
-objects=$(find "$dir/s3/bench" -type f | wc -l)
-bytes=$(du -sb "$dir/s3/bench" | cut -f1)
 echo "drained $backlog events in ${seconds}s: $(python3 -c "print(round($backlog / $seconds))") events/s"
-echo "objects: $objects, average $(python3 -c "print(round($bytes / max($objects, 1) / 1048576, 2))") MiB"
+if [ "$kind" = s3 ]; then
+  objects=$(find "$dir/s3/bench" -type f | wc -l)
+  bytes=$(du -sb "$dir/s3/bench" | cut -f1)
+  echo "objects: $objects, average $(python3 -c "print(round($bytes / max($objects, 1) / 1048576, 2))") MiB"
+fi
 echo "RSS while draining: max $max_rss MiB, after $(rss) MiB"
 
-echo "== 3. live: 15 s of ingest with S3 up, until the last event is in S3"
+echo "== 3. live: 15 s of ingest with the $kind server up, until the last event arrived"
 t0=$(date +%s.%N)
 target/release/outboxd-bench --url "http://127.0.0.1:$port" --batch 500 --concurrency 8 \
   --duration 15s --unique-ids --json > "$dir/live.json"
 read -r _ max_rss < <(wait_drained)
 events=$(python3 -c "import json; print(json.load(open('$dir/live.json'))['events_ok'])")
 total=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
-echo "ingested $events events; all in S3 after ${total}s: $(python3 -c "print(round($events / $total))") events/s end to end; RSS max $max_rss MiB"
+echo "ingested $events events; all delivered after ${total}s: $(python3 -c "print(round($events / $total))") events/s end to end; RSS max $max_rss MiB"

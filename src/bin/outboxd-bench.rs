@@ -21,8 +21,13 @@ use std::time::{Duration, Instant};
 )]
 struct Args {
     /// Target URL, e.g. http://127.0.0.1:9811 (path defaults to /v1/events).
-    #[arg(long, conflicts_with = "unix", required_unless_present = "unix")]
+    #[arg(long, conflicts_with = "unix", required_unless_present_any = ["unix", "receive"])]
     url: Option<String>,
+    /// Instead of sending: be a receiver on this address that answers 200 to
+    /// every POST and counts the NDJSON lines / JSON array elements (a
+    /// stand-in remote ingest endpoint for sink benchmarks).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["url", "unix"])]
+    receive: Option<std::net::SocketAddr>,
     /// Unix socket to connect to instead of TCP.
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
@@ -116,7 +121,40 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?;
-    runtime.block_on(run(args))
+    match args.receive {
+        Some(addr) => runtime.block_on(receive(addr)),
+        None => runtime.block_on(run(args)),
+    }
+}
+
+/// Answers 200 to every request, counting events; prints a line a second.
+async fn receive(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let events = Arc::new(AtomicU64::new(0));
+    let counter = events.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let counter = counter.clone();
+        async move {
+            let n = if body.first() == Some(&b'[') {
+                serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body).map_or(0, |v| v.len())
+            } else {
+                body.iter().filter(|b| **b == b'\n').count()
+            };
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = events.load(Ordering::Relaxed);
+            println!("received {now} events ({} /s)", now - last);
+            last = now;
+        }
+    });
+    axum::serve(listener, app).await?;
+    Ok(())
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {
@@ -255,7 +293,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut target = match (&args.url, &args.unix) {
         (_, Some(socket)) => Target::unix(socket, &default_path),
         (Some(url), None) => Target::from_url(url, &default_path)?,
-        (None, None) => anyhow::bail!("give --url or --unix"),
+        (None, None) => anyhow::bail!("give --url, --unix or --receive"),
     };
     if let Some(path) = &args.path {
         target = match target {
