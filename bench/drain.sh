@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 backlog=${1:-1000000}
 kind=${2:-s3}
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
 cargo build --release --quiet --bin outboxd --bin outboxd-bench
 dir=$(mktemp -d)

@@ -16,7 +16,7 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 # s3s-fs: an S3-compatible server that checks signatures, for the S3 sink tests.
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "tests/run.sh: installing s3s-fs (cargo install, a few minutes once)"
   cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
