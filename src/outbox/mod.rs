@@ -182,10 +182,6 @@ impl Outbox {
             .fetch_optional(&self.readers)
             .await
     }
-
-    pub fn readers(&self) -> &sqlx::SqlitePool {
-        &self.readers
-    }
 }
 
 /// Milliseconds since the Unix epoch.

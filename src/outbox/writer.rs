@@ -241,10 +241,9 @@ impl Writer {
         let tx = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let known = known_ids(&tx, group, self.last_ms - self.settings.dedup_window_ms)?;
+        mark_known(&tx, group, self.last_ms - self.settings.dedup_window_ms)?;
         let plan = plan(
             group,
-            &known,
             &self.settings,
             self.bytes as u64,
             self.last_seq,
@@ -446,89 +445,103 @@ impl Writer {
     }
 }
 
-/// Client ids of this group already accepted within the dedup window.
-fn known_ids(
-    tx: &Transaction,
-    group: &[Pending],
-    cutoff: i64,
-) -> rusqlite::Result<HashSet<String>> {
+/// Marks events whose client id was accepted within the dedup window as
+/// not fresh.
+fn mark_known(tx: &Transaction, group: &mut [Pending], cutoff: i64) -> rusqlite::Result<()> {
     let mut lookup = tx.prepare_cached("SELECT accepted_ms FROM dedup WHERE id = ?1")?;
-    let mut known = HashSet::new();
-    for event in group
-        .iter()
-        .flat_map(|p| p.events.iter())
-        .filter(|e| e.client_id)
-    {
-        let accepted: Option<i64> = lookup.query_row([&event.id], |row| row.get(0)).optional()?;
-        if accepted.is_some_and(|ms| ms >= cutoff) {
-            known.insert(event.id.clone());
+    for pending in group.iter_mut() {
+        for (event, fresh) in pending.events.iter().zip(pending.fresh.iter_mut()) {
+            if !event.client_id {
+                continue;
+            }
+            let accepted: Option<i64> =
+                lookup.query_row([&event.id], |row| row.get(0)).optional()?;
+            if accepted.is_some_and(|ms| ms >= cutoff) {
+                *fresh = false;
+            }
         }
     }
-    Ok(known)
+    Ok(())
 }
 
-/// Marks duplicates, applies the quota and assigns seqs. Requests refused
-/// for the quota are answered here and removed from `group`.
+/// Marks duplicates within the group, applies the quota and assigns seqs.
+/// Requests refused for the quota are answered here and removed from `group`.
 fn plan(
     group: &mut Vec<Pending>,
-    known: &HashSet<String>,
     settings: &WriterSettings,
     used_before: u64,
     last_seq: i64,
     stats: &Stats,
 ) -> Plan {
     let mut plan = Plan::default();
-    // Ids accepted by earlier requests of this group (not by refused ones).
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut kept = Vec::with_capacity(group.len());
     let max = settings.max_bytes;
-    for mut pending in group.drain(..) {
-        let mut bytes = 0u64;
-        let mut accepted = 0usize;
-        for (event, fresh) in pending.events.iter().zip(pending.fresh.iter_mut()) {
-            if event.client_id && (known.contains(&event.id) || seen.contains(&event.id)) {
-                *fresh = false;
-                continue;
-            }
-            bytes += event.stored_bytes();
-            accepted += 1;
-        }
-        let used = used_before + plan.bytes as u64 - plan.evict_bytes;
-        if accepted > 0 && used + bytes > max {
-            let refusal = if bytes > max {
-                Some(AppendError::LargerThanQuota(format!(
-                    "the request needs {bytes} bytes, more than the whole outbox (outbox.max_bytes = {max})"
-                )))
-            } else if settings.when_full == WhenFull::Reject
-                // Only committed events can be evicted; this group alone overflows.
-                || plan.evict_bytes + (used + bytes - max) > used_before
-            {
-                Some(AppendError::Full {
-                    message: format!("outbox is full ({used} of {max} bytes); retry later"),
-                    retry_after: RETRY_AFTER_FULL,
-                })
-            } else {
-                plan.evict_bytes += used + bytes - max;
-                None
-            };
-            if let Some(error) = refusal {
-                if matches!(error, AppendError::Full { .. }) {
-                    stats.full.store(true, Ordering::Relaxed);
+    let mut refusals: Vec<Option<AppendError>> = Vec::with_capacity(group.len());
+    {
+        // Ids accepted by earlier requests of this group (not by refused ones).
+        let mut seen: HashSet<&str> = HashSet::new();
+        for pending in group.iter_mut() {
+            let Pending {
+                events,
+                fresh,
+                first_seq,
+                accepted,
+                ..
+            } = pending;
+            let events: &Vec<Event> = events;
+            let mut bytes = 0u64;
+            let mut count = 0usize;
+            for (event, fresh) in events.iter().zip(fresh.iter_mut()) {
+                if *fresh && event.client_id && seen.contains(event.id.as_str()) {
+                    *fresh = false;
                 }
+                if *fresh {
+                    bytes += event.stored_bytes();
+                    count += 1;
+                }
+            }
+            let used = used_before + plan.bytes as u64 - plan.evict_bytes;
+            if count > 0 && used + bytes > max {
+                if bytes > max {
+                    refusals.push(Some(AppendError::LargerThanQuota(format!(
+                        "the request needs {bytes} bytes, more than the whole outbox (outbox.max_bytes = {max})"
+                    ))));
+                    continue;
+                }
+                // Only committed events can be evicted; this group alone may overflow.
+                if settings.when_full == WhenFull::Reject
+                    || plan.evict_bytes + (used + bytes - max) > used_before
+                {
+                    stats.full.store(true, Ordering::Relaxed);
+                    refusals.push(Some(AppendError::Full {
+                        message: format!("outbox is full ({used} of {max} bytes); retry later"),
+                        retry_after: RETRY_AFTER_FULL,
+                    }));
+                    continue;
+                }
+                plan.evict_bytes += used + bytes - max;
+            }
+            seen.extend(
+                events
+                    .iter()
+                    .zip(fresh.iter())
+                    .filter(|(event, fresh)| **fresh && event.client_id)
+                    .map(|(event, _)| event.id.as_str()),
+            );
+            *first_seq = last_seq + plan.events + 1;
+            *accepted = count;
+            plan.events += count as i64;
+            plan.bytes += bytes as i64;
+            refusals.push(None);
+        }
+    }
+    let mut kept = Vec::with_capacity(group.len());
+    for (pending, refusal) in group.drain(..).zip(refusals) {
+        match refusal {
+            Some(error) => {
                 let _ = pending.reply.send(Err(error));
-                continue;
             }
+            None => kept.push(pending),
         }
-        for (event, fresh) in pending.events.iter().zip(&pending.fresh) {
-            if *fresh && event.client_id {
-                seen.insert(event.id.clone());
-            }
-        }
-        pending.first_seq = last_seq + plan.events + 1;
-        pending.accepted = accepted;
-        plan.events += accepted as i64;
-        plan.bytes += bytes as i64;
-        kept.push(pending);
     }
     *group = kept;
     plan
