@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{gzip, sample, zstd, Daemon};
+use common::{gzip, zstd, Daemon};
 use hyper::StatusCode;
 
 struct Case {
@@ -368,20 +368,16 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     );
     let metrics = daemon.metrics().await;
     let invalid_events = cases.iter().filter(|c| c.code == "invalid_event").count() as f64;
-    assert_eq!(
-        sample(
-            &metrics,
-            "outboxd_ingest_rejected_requests_total{reason=\"invalid_event\"}"
-        ),
-        Some(invalid_events)
-    );
-    assert_eq!(
-        sample(&metrics, "outboxd_ingest_requests_total{status=\"413\"}"),
-        Some(5.0)
-    );
-    assert_eq!(
-        sample(&metrics, "outboxd_ingest_events_accepted_total"),
-        Some(2.0)
+    common::assert_samples(
+        &metrics,
+        &[
+            (
+                "outboxd_ingest_rejected_requests_total{reason=\"invalid_event\"}",
+                invalid_events,
+            ),
+            ("outboxd_ingest_requests_total{status=\"413\"}", 5.0),
+            ("outboxd_ingest_events_accepted_total", 2.0),
+        ],
     );
 }
 

@@ -312,6 +312,13 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Asserts each (series, value) pair against Prometheus text.
+pub fn assert_samples(metrics: &str, expected: &[(&str, f64)]) {
+    for (series, value) in expected {
+        assert_eq!(sample(metrics, series), Some(*value), "{series}");
+    }
+}
+
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
