@@ -5,31 +5,15 @@
 #   2. start the server and time the drain, sampling outboxd's RSS
 #   3. live: ingest for 15 s with the server up, then wait for lag 0
 #   bench/drain.sh [backlog-events] [s3|http]      (default 1000000 s3)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 backlog=${1:-1000000}
 kind=${2:-s3}
-export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+source "$(dirname "$0")/common.sh"
 command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
-cargo build --release --quiet --bin outboxd --bin outboxd-bench
-dir=$(mktemp -d)
-port=$((20000 + RANDOM % 20000)); mport=$((port + 1)); s3port=$((port + 2))
-cat > "$dir/outboxd.toml" <<TOML
-data_dir = "$dir/data"
-[ingest]
-http_listen = "127.0.0.1:$port"
-[metrics]
-listen = "127.0.0.1:$mport"
-[outbox]
-max_bytes = "16GiB"
-[log]
-level = "warn"
-TOML
 if [ "$kind" = s3 ]; then
   cat >> "$dir/outboxd.toml" <<TOML
 [sinks.lake]
 kind = "s3"
-endpoint = "http://127.0.0.1:$s3port"
+endpoint = "http://127.0.0.1:$extra_port"
 bucket = "bench"
 access_key = "bench"
 secret_key = "bench-secret"
@@ -45,27 +29,22 @@ else
   cat >> "$dir/outboxd.toml" <<TOML
 [sinks.lake]
 kind = "http"
-url = "http://127.0.0.1:$s3port/ingest"
+url = "http://127.0.0.1:$extra_port/ingest"
 [sinks.lake.retry]
 initial = "100ms"
 max = "1s"
 TOML
 fi
 mkdir -p "$dir/s3"
-target/release/outboxd run --config "$dir/outboxd.toml" 2>"$dir/log" &
-pid=$!
-s3pid=
-trap 'kill $pid $s3pid 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$pid/status; }
+start_outboxd
 lag() { curl -sf "http://127.0.0.1:$port/v1/sinks" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["lag_events"])'; }
 start_s3() {
   if [ "$kind" = s3 ]; then
-    s3s-fs --host 127.0.0.1 --port $s3port --access-key bench --secret-key bench-secret "$dir/s3" >/dev/null 2>&1 &
+    s3s-fs --host 127.0.0.1 --port $extra_port --access-key bench --secret-key bench-secret "$dir/s3" >/dev/null 2>&1 &
   else
-    target/release/outboxd-bench --receive "127.0.0.1:$s3port" >/dev/null 2>&1 &
+    target/release/outboxd-bench --receive "127.0.0.1:$extra_port" >/dev/null 2>&1 &
   fi
-  s3pid=$!
+  extra_pid=$!
 }
 wait_drained() {  # prints seconds and max RSS while waiting for lag 0
   local t0 max now
@@ -75,7 +54,7 @@ wait_drained() {  # prints seconds and max RSS while waiting for lag 0
   done
   echo "$(python3 -c "print(round($(date +%s.%N) - $t0, 1))") $max"
 }
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+machine
 echo "RSS idle: $(rss) MiB"
 
 echo "== 1. backlog of $backlog events (1 KiB) with the $kind server down"
