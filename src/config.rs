@@ -87,6 +87,16 @@ pub enum SyncMode {
     Normal,
 }
 
+/// What start-up does with an outbox database SQLite reports as corrupt.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCorruption {
+    /// Move the files aside under `data_dir/quarantine/` and start on a fresh outbox.
+    Quarantine,
+    /// Exit with a message; an operator decides.
+    Refuse,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
@@ -95,6 +105,7 @@ pub struct OutboxConfig {
     pub sync: SyncMode,
     /// Most events one group commit takes.
     pub commit_max_events: usize,
+    pub on_corruption: OnCorruption,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -160,6 +171,7 @@ impl Default for OutboxConfig {
             when_full: WhenFull::Reject,
             sync: SyncMode::Full,
             commit_max_events: 20_000,
+            on_corruption: OnCorruption::Quarantine,
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::delivery::status::SinkStatus;
 use crate::delivery::Delivery;
 use crate::ingest::{self, admin::SinkRegistry, listen, IngestState};
 use crate::ops::{self, OpsState};
-use crate::outbox::{Outbox, SinkOp};
+use crate::outbox::{integrity, Outbox, SinkOp};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::sinks::Sink;
 use crate::{outbox, telemetry};
@@ -64,9 +64,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Listeners stop only on shutdown; one failing early shuts the rest down too.
     let mut shutdown: Shutdown = trigger.subscribe();
+    let mut corruption = opened.outbox.stats().corruption.subscribe();
     tokio::select! {
         biased;
         _ = shutdown.recv() => {}
+        Ok(_) = corruption.wait_for(Option::is_some) => {
+            tracing::error!("stopping to check the outbox database; outboxd restarts itself");
+        }
         Some(result) = servers.join_next() => {
             if !shutdown.is_shutdown() {
                 tracing::error!(result = ?result, "a listener stopped unexpectedly; shutting down");
@@ -112,9 +116,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("the outbox writer did not stop in time");
     }
     drop(socket_file);
+    let corrupt = corruption.borrow().clone();
+    if let Some(reason) = corrupt {
+        integrity::mark_suspect(&config.data_dir, &reason).map_err(|e| {
+            anyhow::anyhow!(
+                "the outbox database is corrupt ({reason}) and recording that failed: {e}"
+            )
+        })?;
+        return Err(RestartToCheck(reason).into());
+    }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// `run` stopped because SQLite reported corruption; the caller starts the
+/// daemon again in place, and open then checks the whole file (and applies
+/// `outbox.on_corruption`).
+#[derive(Debug, thiserror::Error)]
+#[error("the outbox database is corrupt ({0}); restarting to check it")]
+pub struct RestartToCheck(pub String);
 
 /// Registers the configured sinks' cursors and starts one delivery task each.
 async fn start_sinks(

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod ops;
 pub mod outbox;
 pub mod remote;
+pub mod salvage;
 pub mod send;
 pub mod shutdown;
 pub mod sinks;

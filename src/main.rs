@@ -48,6 +48,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export every readable event of an outbox database (e.g. one in
+    /// data_dir/quarantine/) as NDJSON for `outboxd send`.
+    Salvage {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Write the NDJSON here instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// List or replay dead letters.
     Dlq {
         #[command(subcommand)]
@@ -165,6 +174,7 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(outboxd::daemon::run(config)))
             {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is::<outboxd::daemon::RestartToCheck>() => restart_in_place(),
                 Err(e) => {
                     tracing::error!("{e:#}");
                     fail(format!("{e:#}"))
@@ -206,6 +216,7 @@ fn main() -> ExitCode {
                 ))
             })
         }
+        Command::Salvage { file, output } => salvage(&file, output.as_deref()),
         Command::Status { connect, json } => {
             let token = connect.token.clone();
             remote(&connect, |mut client| async move {
@@ -232,6 +243,39 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn salvage(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    let mut out: Box<dyn std::io::Write> = match output {
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => return fail(format!("cannot create {}: {e}", path.display())),
+        },
+    };
+    match outboxd::salvage::salvage(file, &mut out) {
+        Ok(report) => {
+            eprintln!("outboxd salvage {}: {report}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("salvage: {e:#}")),
+    }
+}
+
+/// Replaces this process with a fresh `outboxd` with the same arguments
+/// (same pid, so supervisors and tests see one daemon). Only reached after
+/// an orderly shutdown: the database is closed and the lock released.
+fn restart_in_place() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let error = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec(),
+        Err(e) => e,
+    };
+    fail(format!(
+        "the outbox database is corrupt and restarting outboxd failed ({error}); start it again to check the database"
+    ))
 }
 
 fn fail(message: String) -> ExitCode {

@@ -54,6 +54,14 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<OpsState>) -> (StatusCode, String) {
+    if let Some(reason) = state.outbox.stats().corruption.borrow().clone() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the outbox database is corrupt ({reason}); restarting to check it\n"
+            ),
+        );
+    }
     if let Err(reason) = state.outbox.check_writable().await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -71,5 +79,8 @@ async fn ready(State(state): State<OpsState>) -> (StatusCode, String) {
             ),
         );
     }
-    (StatusCode::OK, "ready\n".into())
+    match &stats.quarantine {
+        Some(notice) => (StatusCode::OK, format!("ready\nwarning: {notice}\n")),
+        None => (StatusCode::OK, "ready\n".into()),
+    }
 }

@@ -18,6 +18,7 @@ pub mod names {
     pub const OUTBOX_OLDEST_AGE: &str = "outboxd_outbox_oldest_event_age_seconds";
     pub const OUTBOX_EVICTED: &str = "outboxd_outbox_evicted_events_total";
     pub const OUTBOX_DELETED: &str = "outboxd_outbox_deleted_events_total";
+    pub const OUTBOX_QUARANTINED: &str = "outboxd_outbox_quarantined_databases";
     pub const SINK_EVENTS: &str = "outboxd_sink_events_sent_total";
     pub const SINK_BATCHES: &str = "outboxd_sink_batches_sent_total";
     pub const SINK_BYTES: &str = "outboxd_sink_bytes_sent_total";
@@ -106,6 +107,10 @@ fn describe() {
     describe_counter!(
         OUTBOX_DELETED,
         "Events deleted after every sink delivered them."
+    );
+    describe_gauge!(
+        OUTBOX_QUARANTINED,
+        "Corrupt outbox databases moved to data_dir/quarantine and not yet removed by an operator."
     );
     describe_counter!(SINK_EVENTS, "Events delivered, per sink.");
     describe_counter!(SINK_BATCHES, "Batches delivered, per sink.");

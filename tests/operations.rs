@@ -314,24 +314,6 @@ async fn json_logs_are_one_object_per_line() {
 }
 
 #[tokio::test]
-async fn a_corrupt_database_gives_a_clear_error_not_a_crash_loop() {
-    let mut daemon = Daemon::start("").await;
-    daemon.post("application/json", r#"{"type":"a"}"#).await;
-    assert!(daemon.terminate().success());
-    let db = daemon.data_dir().join("outbox.db");
-    std::fs::write(&db, b"this is not a database at all, just some text").unwrap();
-    let output = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&daemon.config_path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
-    assert!(stderr.contains("move it aside"), "{stderr}");
-}
-
-#[tokio::test]
 async fn send_posts_files_in_batches_and_reports_errors_with_the_input_line() {
     let daemon = Daemon::start("").await;
     let dir = tempfile::tempdir().unwrap();

@@ -493,8 +493,13 @@ impl Delivery {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
     {
-        self.durably(|| async { query().await.map_err(|e| e.to_string()) })
-            .await
+        self.durably(|| async {
+            query().await.map_err(|e| {
+                self.outbox.stats().observe(&e);
+                e.to_string()
+            })
+        })
+        .await
     }
 
     /// Runs an outbox operation until it succeeds; None on shutdown.

@@ -25,12 +25,17 @@ pub struct EncodedBatch {
 /// Appends one event as outboxd presents it: the stored body with its `seq`
 /// as the first field.
 pub fn push_event(out: &mut Vec<u8>, event: &StoredEvent) {
+    push_with_seq(out, event.seq, &event.body);
+}
+
+/// Appends a stored body (a JSON object) with `seq` inserted as its first field.
+pub fn push_with_seq(out: &mut Vec<u8>, seq: i64, body: &[u8]) {
     out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(event.seq.to_string().as_bytes());
-    match event.body.first() {
-        Some(b'{') if event.body.len() > 2 => {
+    out.extend_from_slice(seq.to_string().as_bytes());
+    match body.first() {
+        Some(b'{') if body.len() > 2 => {
             out.push(b',');
-            out.extend_from_slice(&event.body[1..]);
+            out.extend_from_slice(&body[1..]);
         }
         _ => out.push(b'}'),
     }

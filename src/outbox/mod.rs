@@ -6,6 +6,7 @@
 //! through a small pool of read-only connections.
 
 mod checkpoint;
+pub mod integrity;
 mod open;
 pub mod progress;
 mod read;
@@ -86,6 +87,11 @@ pub struct Stats {
     pub last_seq_watch: tokio::sync::watch::Sender<i64>,
     /// Bumped when dead letters are requeued, to wake sleeping loops.
     pub requeue_watch: tokio::sync::watch::Sender<u64>,
+    /// Set when a read or write saw SQLite report corruption: the daemon
+    /// restarts itself so that open checks (and quarantines) the file.
+    pub corruption: tokio::sync::watch::Sender<Option<String>>,
+    /// Quarantined databases waiting for an operator, for `/readyz`.
+    pub quarantine: Option<String>,
 }
 
 impl Stats {
@@ -99,6 +105,28 @@ impl Stats {
             full: std::sync::atomic::AtomicBool::new(false),
             last_seq_watch: tokio::sync::watch::Sender::new(last_seq),
             requeue_watch: tokio::sync::watch::Sender::new(0),
+            corruption: tokio::sync::watch::Sender::new(None),
+            quarantine: None,
+        }
+    }
+
+    /// Raises the corruption alarm (first reason wins).
+    pub fn corrupt(&self, reason: String) {
+        self.corruption.send_if_modified(|current| {
+            if current.is_none() {
+                tracing::error!(%reason, "SQLite reports the outbox database as corrupt");
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Raises the alarm if `error` is SQLite reporting corruption.
+    pub fn observe(&self, error: &sqlx::Error) {
+        if integrity::sqlx_is_corrupt(error) {
+            self.corrupt(error.to_string());
         }
     }
 }

@@ -3,9 +3,10 @@
 //! what to do, so a bad database never becomes a crash loop.
 
 use super::checkpoint;
+use super::integrity::{self, Quarantined};
 use super::writer::{Writer, WriterSettings};
 use super::{Outbox, Stats};
-use crate::config::{Config, SyncMode};
+use crate::config::{Config, OnCorruption, SyncMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 use std::fs::File;
@@ -51,48 +52,138 @@ fn lock_data_dir(dir: &Path) -> Result<File, OpenError> {
     Ok(file)
 }
 
-fn check_header(path: &Path) -> Result<(), OpenError> {
+/// Why an open failed: corruption is handled by `outbox.on_corruption`,
+/// anything else (permissions, a newer schema, a full disk) is reported as is.
+enum Failure {
+    Corrupt(String),
+    Other(OpenError),
+}
+
+fn sqlx_failure(path: &Path, action: &str, error: sqlx::Error) -> Failure {
+    if integrity::sqlx_is_corrupt(&error) {
+        Failure::Corrupt(format!("{action}: {error}"))
+    } else {
+        Failure::Other(OpenError(format!(
+            "outbox database {}: {action} failed: {error}",
+            path.display()
+        )))
+    }
+}
+
+fn check_header(path: &Path) -> Result<(), Failure> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
-            return Err(OpenError(format!(
+            return Err(Failure::Other(OpenError(format!(
                 "cannot read outbox database {}: {e}",
                 path.display()
-            )))
+            ))))
         }
     };
     let mut header = [0u8; 16];
     let read = file.read(&mut header).map_err(|e| {
-        OpenError(format!(
+        Failure::Other(OpenError(format!(
             "cannot read outbox database {}: {e}",
             path.display()
-        ))
+        )))
     })?;
     if read == 0 {
         return Ok(()); // an empty file: SQLite initialises it
     }
     if read < 16 || &header != SQLITE_HEADER {
-        return Err(not_a_database(path, "its header is not SQLite's"));
+        return Err(Failure::Corrupt("its header is not SQLite's".into()));
     }
     Ok(())
 }
 
-fn not_a_database(path: &Path, why: &str) -> OpenError {
-    OpenError(format!(
-        "outbox database {} is unreadable ({why}); move it aside (e.g. `mv {0} {0}.broken`) to start on a fresh outbox, or restore it from a backup",
-        path.display()
-    ))
+/// The outbox's totals, read and checked at open.
+struct Totals {
+    last_seq: i64,
+    events: i64,
+    bytes: i64,
 }
 
-fn describe(path: &Path, action: &str, error: sqlx::Error) -> OpenError {
-    let text = error.to_string();
-    if text.contains("file is not a database") || text.contains("malformed") {
-        return not_a_database(path, &text);
+/// Opens, migrates and checks the database. The checks are O(1) unless the
+/// last run saw corruption (`suspect`): then SQLite's `quick_check` reads
+/// the whole file. `start_after` lifts a fresh outbox's seq past a
+/// quarantined one's.
+async fn check(
+    path: &Path,
+    options: &SqliteConnectOptions,
+    suspect: Option<&str>,
+    start_after: Option<i64>,
+) -> Result<(sqlx::SqliteConnection, Totals), Failure> {
+    check_header(path)?;
+    let mut connection = options
+        .connect()
+        .await
+        .map_err(|e| sqlx_failure(path, "opening", e))?;
+    if let Err(e) = MIGRATOR.run(&mut connection).await {
+        let text = e.to_string();
+        return Err(if text.contains("previously applied but is missing") {
+            Failure::Other(OpenError(format!(
+                "outbox database {} was written by a newer outboxd ({text}); run that version or move the file aside",
+                path.display()
+            )))
+        } else if text.contains("malformed") || text.contains("not a database") {
+            Failure::Corrupt(format!("migrating the schema: {text}"))
+        } else {
+            Failure::Other(OpenError(format!(
+                "outbox database {}: migrating the schema failed: {text}",
+                path.display()
+            )))
+        });
     }
-    OpenError(format!(
-        "outbox database {}: {action} failed: {text}",
-        path.display()
+    if let Some(after) = start_after {
+        sqlx::query("UPDATE outbox_state SET last_seq = MAX(last_seq, ?1) WHERE singleton = 0")
+            .bind(after)
+            .execute(&mut connection)
+            .await
+            .map_err(|e| sqlx_failure(path, "setting the first seq", e))?;
+    }
+    let (last_seq, events, bytes): (i64, i64, i64) = sqlx::query_as(
+        "SELECT last_seq, event_count, byte_count FROM outbox_state WHERE singleton = 0",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .map_err(|e| sqlx_failure(path, "reading outbox_state", e))?;
+    // A read of the newest row and of each sink's cursor: catches a damaged
+    // table b-tree at once rather than at the first delivery.
+    let max_seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+        .fetch_one(&mut connection)
+        .await
+        .map_err(|e| sqlx_failure(path, "reading events", e))?;
+    if max_seq.unwrap_or(0) > last_seq {
+        return Err(Failure::Corrupt(
+            "outbox_state is behind the events table".into(),
+        ));
+    }
+    sqlx::query("SELECT COUNT(*) FROM sink_cursors")
+        .fetch_one(&mut connection)
+        .await
+        .map_err(|e| sqlx_failure(path, "reading sink_cursors", e))?;
+    if let Some(reason) = suspect {
+        tracing::warn!(earlier = %reason.trim(), "the last run saw corruption; checking the whole outbox database");
+        let problems: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(5)")
+            .fetch_all(&mut connection)
+            .await
+            .map_err(|e| sqlx_failure(path, "quick_check", e))?;
+        if problems != ["ok"] {
+            return Err(Failure::Corrupt(format!(
+                "quick_check: {}",
+                problems.join("; ")
+            )));
+        }
+        tracing::warn!("quick_check found the outbox database intact");
+    }
+    Ok((
+        connection,
+        Totals {
+            last_seq,
+            events,
+            bytes,
+        },
     ))
 }
 
@@ -114,41 +205,58 @@ pub fn connect_options(path: &Path, sync: SyncMode) -> SqliteConnectOptions {
 pub async fn open(config: &Config) -> Result<Opened, OpenError> {
     let lock = lock_data_dir(&config.data_dir)?;
     let path: PathBuf = config.database_path();
-    check_header(&path)?;
     let options = connect_options(&path, config.outbox.sync);
-    let mut connection = options
-        .connect()
-        .await
-        .map_err(|e| describe(&path, "opening", e))?;
-    MIGRATOR.run(&mut connection).await.map_err(|e| {
-        let text = e.to_string();
-        if text.contains("previously applied but is missing") {
-            OpenError(format!(
-                "outbox database {} was written by a newer outboxd ({text}); run that version or move the file aside",
-                path.display()
-            ))
-        } else {
-            OpenError(format!("outbox database {}: migrating the schema failed: {text}", path.display()))
-        }
-    })?;
-    let (last_seq, events, bytes): (i64, i64, i64) = sqlx::query_as(
-        "SELECT last_seq, event_count, byte_count FROM outbox_state WHERE singleton = 0",
-    )
-    .fetch_one(&mut connection)
-    .await
-    .map_err(|e| describe(&path, "reading outbox_state", e))?;
-    // A sanity read of the newest row: catches a damaged table b-tree at once
-    // rather than at the first delivery.
-    let max_seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
-        .fetch_one(&mut connection)
-        .await
-        .map_err(|e| describe(&path, "reading events", e))?;
-    if max_seq.unwrap_or(0) > last_seq {
-        return Err(not_a_database(
-            &path,
-            "outbox_state is behind the events table",
-        ));
+    let suspect = integrity::suspect_reason(&config.data_dir);
+    let mut quarantined = None;
+    let (connection, totals) = match check(&path, &options, suspect.as_deref(), None).await {
+        Ok(opened) => opened,
+        Err(Failure::Other(e)) => return Err(e),
+        Err(Failure::Corrupt(reason)) => match config.outbox.on_corruption {
+            OnCorruption::Refuse => {
+                return Err(OpenError(format!(
+                    "outbox database {} is corrupt ({reason}); outbox.on_corruption = \"refuse\": \
+                     move it aside (or set on_corruption = \"quarantine\") to start on a fresh outbox, \
+                     and recover its events with `outboxd salvage {0}`",
+                    path.display()
+                )))
+            }
+            OnCorruption::Quarantine => {
+                let next_seq = integrity::next_seq_after(&path);
+                let moved = integrity::quarantine(&path, &reason).map_err(|e| {
+                    OpenError(format!(
+                        "outbox database {} is corrupt ({reason}) and moving it aside failed: {e}",
+                        path.display()
+                    ))
+                })?;
+                tracing::error!(
+                    file = %moved.file.display(),
+                    %reason,
+                    next_seq,
+                    "OUTBOX DATABASE CORRUPT: moved it to quarantine and started on a fresh outbox; \
+                     recover its events with `outboxd salvage FILE | outboxd send`"
+                );
+                let fresh = check(&path, &options, None, Some(next_seq - 1))
+                    .await
+                    .map_err(|failure| match failure {
+                        Failure::Other(e) => e,
+                        Failure::Corrupt(why) => OpenError(format!(
+                            "the fresh outbox database {} is corrupt too ({why}); check the disk",
+                            path.display()
+                        )),
+                    })?;
+                quarantined = Some(moved);
+                fresh
+            }
+        },
+    };
+    if suspect.is_some() {
+        integrity::clear_suspect(&config.data_dir);
     }
+    let Totals {
+        last_seq,
+        events,
+        bytes,
+    } = totals;
     let readers = SqlitePoolOptions::new()
         .max_connections(4)
         .min_connections(0)
@@ -161,9 +269,16 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
                 .pragma("cache_size", "-1024"),
         )
         .await
-        .map_err(|e| describe(&path, "opening readers", e))?;
+        .map_err(|e| {
+            OpenError(format!(
+                "outbox database {}: opening readers failed: {e}",
+                path.display()
+            ))
+        })?;
 
-    let stats = Arc::new(Stats::new(last_seq, events as u64, bytes as u64));
+    let mut stats = Stats::new(last_seq, events as u64, bytes as u64);
+    stats.quarantine = quarantine_notice(&config.data_dir, quarantined.as_ref());
+    let stats = Arc::new(stats);
     let (commands, inbox) = tokio::sync::mpsc::channel(1024);
     let settings = WriterSettings::from_config(config);
     let max_bytes = settings.max_bytes;
@@ -196,6 +311,25 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
         writer_stopped,
         _lock: lock,
     })
+}
+
+/// What `/readyz` and the metric say about quarantined databases still in
+/// `data_dir`: they stay loud until an operator salvaged and removed them.
+fn quarantine_notice(data_dir: &Path, now: Option<&Quarantined>) -> Option<String> {
+    let files = integrity::quarantined_files(data_dir);
+    metrics::gauge!(crate::telemetry::names::OUTBOX_QUARANTINED).set(files.len() as f64);
+    let newest = files.last()?;
+    let mut notice = format!(
+        "{} quarantined outbox database(s) in {}; newest {}",
+        files.len(),
+        data_dir.join(integrity::QUARANTINE_DIR).display(),
+        newest.display()
+    );
+    if let Some(now) = now {
+        notice.push_str(&format!(" (moved aside at this start: {})", now.reason));
+    }
+    notice.push_str("; recover with `outboxd salvage FILE | outboxd send`, then delete it");
+    Some(notice)
 }
 
 /// Wakes an idle writer once a second (for dedup pruning); ends with the outbox.

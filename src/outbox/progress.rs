@@ -57,7 +57,10 @@ pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64
     match op {
         SinkOp::Register { sinks } => {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO sink_cursors (sink, delivered_seq, updated_ms) VALUES (?1, 0, ?2)",
+                // A new sink starts at the oldest event still held, so its lag counts
+                // real events even when seqs do not start at 1 (after a quarantine).
+                "INSERT OR IGNORE INTO sink_cursors (sink, delivered_seq, updated_ms) VALUES (?1, \
+                 COALESCE((SELECT MIN(seq) FROM events) - 1, (SELECT last_seq FROM outbox_state WHERE singleton = 0)), ?2)",
             )?;
             let mut added = 0;
             for sink in sinks {

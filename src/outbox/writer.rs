@@ -10,6 +10,7 @@
 //! hop to another thread per statement, which measured 5-6x faster than the
 //! async driver on a loaded 2-core machine. Reads stay on sqlx.
 
+use super::integrity;
 use super::progress::{self, SinkOp};
 use super::retention;
 use super::{now_ms, AppendAck, AppendError, Command, Stats};
@@ -330,6 +331,7 @@ impl Writer {
                 Ok(count)
             }
             Err(e) => {
+                self.watch_for_corruption(&e);
                 tracing::error!(error = %e, op = ?op, "sink progress could not be stored");
                 Err(format!("the outbox could not store sink progress: {e}"))
             }
@@ -364,13 +366,21 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.watch_for_corruption(&e);
                 tracing::error!(error = %e, "deleting delivered events failed; will retry");
                 self.collected_upto = upto; // retried when a cursor moves again
             }
         }
     }
 
+    fn watch_for_corruption(&self, error: &rusqlite::Error) {
+        if integrity::rusqlite_is_corrupt(error) {
+            self.stats.corrupt(error.to_string());
+        }
+    }
+
     fn fail(&mut self, group: Vec<Pending>, error: rusqlite::Error) {
+        self.watch_for_corruption(&error);
         let text = error.to_string();
         let disk_full = matches!(&error, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull);
         tracing::error!(error = %text, requests = group.len(), "outbox commit failed; nothing of these requests was stored");
@@ -422,6 +432,7 @@ impl Writer {
                 )
             });
         if let Err(e) = result {
+            self.watch_for_corruption(&e);
             tracing::warn!(error = %e, "pruning dedup entries failed");
         }
     }
