@@ -106,6 +106,9 @@ pub struct OutboxConfig {
     /// Most events one group commit takes.
     pub commit_max_events: usize,
     pub on_corruption: OnCorruption,
+    /// Ingest stops while less than this is left on the outbox's disk
+    /// (counting space free inside the database); 0 disables the check.
+    pub min_free_disk: ByteSize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,6 +175,7 @@ impl Default for OutboxConfig {
             sync: SyncMode::Full,
             commit_max_events: 20_000,
             on_corruption: OnCorruption::Quarantine,
+            min_free_disk: ByteSize::mib(64),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct WriterSettings {
     pub commit_max_events: usize,
     pub dedup_window_ms: i64,
     pub dedup_max_ids: i64,
+    pub data_dir: std::path::PathBuf,
+    pub min_free_disk: u64,
 }
 
 impl WriterSettings {
@@ -46,6 +48,8 @@ impl WriterSettings {
             commit_max_events: config.outbox.commit_max_events,
             dedup_window_ms: config.ingest.dedup_window.0.as_millis() as i64,
             dedup_max_ids: config.ingest.dedup_max_ids as i64,
+            data_dir: config.data_dir.clone(),
+            min_free_disk: config.outbox.min_free_disk.0,
         }
     }
 }
@@ -199,6 +203,15 @@ impl Writer {
     }
 
     fn commit(&mut self, mut group: Vec<Pending>) {
+        if let Some(message) = self.low_on_disk() {
+            *self.stats.last_error.lock().expect("stats lock") = Some(message.clone());
+            for pending in group {
+                let _ = pending
+                    .reply
+                    .send(Err(AppendError::DiskFull(message.clone())));
+            }
+            return;
+        }
         let started = Instant::now();
         self.last_ms = self.last_ms.max(now_ms());
         let result = self.commit_group(&mut group);
@@ -371,6 +384,38 @@ impl Writer {
                 self.collected_upto = upto; // retried when a cursor moves again
             }
         }
+    }
+
+    /// Ingest stops while less than `min_free_disk` is left, counting pages
+    /// the database already has free. What is left is headroom for the writes
+    /// that bring space back: sink progress, deleting delivered events,
+    /// checkpoints. Without it a full disk wedged the sinks too (found by
+    /// tests/full_disk.rs).
+    fn low_on_disk(&self) -> Option<String> {
+        let min = self.settings.min_free_disk;
+        if min == 0 {
+            return None;
+        }
+        let available = available_bytes(&self.settings.data_dir)?;
+        if available >= min {
+            return None;
+        }
+        let reusable: u64 = self
+            .connection
+            .query_row(
+                "SELECT f.freelist_count * p.page_size FROM pragma_freelist_count() f, pragma_page_size() p",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_or(0, |n| n.max(0) as u64);
+        (available + reusable < min).then(|| {
+            format!(
+                "the disk holding the outbox is full: {} bytes left ({available} free on the filesystem, \
+                 {reusable} reusable inside the database), below outbox.min_free_disk ({min}); \
+                 ingest resumes as sinks deliver or when space is freed",
+                available + reusable
+            )
+        })
     }
 
     fn watch_for_corruption(&self, error: &rusqlite::Error) {
@@ -575,4 +620,14 @@ fn evict_oldest(tx: &Transaction, needed: u64) -> rusqlite::Result<(i64, i64)> {
     }
     tx.execute("DELETE FROM events WHERE seq <= ?1", [upto])?;
     Ok((count, freed as i64))
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn available_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid out-pointer.
+    let ok = unsafe { libc::statvfs(path.as_ptr(), &mut stat) } == 0;
+    ok.then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }

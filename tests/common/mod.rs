@@ -57,18 +57,23 @@ fn write_config(dir: &Path, http_port: u16, metrics_port: u16, extra: &str) -> P
 
 impl Daemon {
     pub async fn start(extra: &str) -> Daemon {
+        let mut daemon = Daemon::prepare(extra);
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// Writes the config but does not start the daemon (see `spawn`).
+    pub fn prepare(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let (http_port, metrics_port) = (free_port(), free_port());
         let config_path = write_config(dir.path(), http_port, metrics_port, extra);
-        let mut daemon = Daemon {
+        Daemon {
             dir,
             config_path,
             http_port,
             metrics_port,
             child: None,
-        };
-        daemon.spawn().await;
-        daemon
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
