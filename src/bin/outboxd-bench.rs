@@ -52,6 +52,10 @@ struct Args {
     /// Give every event a unique client id (exercises dedup).
     #[arg(long)]
     unique_ids: bool,
+    /// Append the id of every acknowledged event to this file, one per line
+    /// (implies --unique-ids). For crash tests: what outboxd promised to keep.
+    #[arg(long, value_name = "FILE")]
+    acked_log: Option<std::path::PathBuf>,
     /// Body format.
     #[arg(long, value_enum, default_value_t = BodyFormat::Ndjson)]
     format: BodyFormat,
@@ -191,7 +195,7 @@ fn body(args: &Args, run: &str, worker: u32, request: u64, fixed: &Option<Bytes>
         body.push('[');
     }
     for i in 0..args.batch {
-        let id = format!("{run}-{worker}-{request}-{i}");
+        let id = event_id(run, worker, request, i);
         if i > 0 {
             body.push(if let BodyFormat::Json = args.format {
                 ','
@@ -215,6 +219,7 @@ async fn worker(
     worker: u32,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    acked: Option<AckedLog>,
 ) -> WorkerResult {
     let mut client = Client::new(target);
     let content_type = match args.format {
@@ -232,7 +237,7 @@ async fn worker(
     let mut headers: Vec<(&str, &str)> = vec![("content-type", content_type)];
     headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     // Without unique ids every request can reuse one body.
-    let fixed = (!args.unique_ids).then(|| {
+    let fixed = (!args.unique_ids && args.acked_log.is_none()).then(|| {
         let one = event(None, worker, args.event_size);
         let lines = vec![one; args.batch as usize];
         Bytes::from(match args.format {
@@ -260,6 +265,9 @@ async fn worker(
             Ok(answer) if answer.status.is_success() => {
                 result.latencies_us.push(micros);
                 result.events_ok += u64::from(args.batch);
+                if let Some(log) = &acked {
+                    log.record(&run, worker, request - 1, args.batch);
+                }
             }
             Ok(answer) => {
                 result.latencies_us.push(micros);
@@ -278,6 +286,35 @@ async fn worker(
         }
     }
     result
+}
+
+/// The acknowledged ids, written as they are acknowledged (one `write`
+/// per request, so a killed generator loses at most what it had not written).
+#[derive(Clone)]
+struct AckedLog(Arc<std::sync::Mutex<std::fs::File>>);
+
+impl AckedLog {
+    fn create(path: &std::path::Path) -> anyhow::Result<AckedLog> {
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(AckedLog(Arc::new(std::sync::Mutex::new(file))))
+    }
+
+    fn record(&self, run: &str, worker: u32, request: u64, batch: u32) {
+        use std::io::Write;
+        let lines: String = (0..batch)
+            .map(|i| format!("{}\n", event_id(run, worker, request, i)))
+            .collect();
+        let mut file = self.0.lock().expect("acked log lock");
+        file.write_all(lines.as_bytes())
+            .expect("writing the acked log");
+    }
+}
+
+fn event_id(run: &str, worker: u32, request: u64, i: u32) -> String {
+    format!("{run}-{worker}-{request}-{i}")
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -309,11 +346,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let described = format!("{target:?}");
     let args = Arc::new(args);
-    let run_id: Arc<str> = Arc::from(format!("{:x}", outboxd::outbox::now_ms()));
+    let run_id: Arc<str> = Arc::from(format!(
+        "{:x}.{}",
+        outboxd::outbox::now_ms(),
+        std::process::id()
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let rss_before = args.watch_pid.and_then(rss_mib);
     let started = Instant::now();
+    let acked = args
+        .acked_log
+        .as_deref()
+        .map(AckedLog::create)
+        .transpose()?;
     let mut workers = tokio::task::JoinSet::new();
     for n in 0..args.concurrency {
         workers.spawn(worker(
@@ -323,6 +369,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             n,
             stop.clone(),
             sent.clone(),
+            acked.clone(),
         ));
     }
     let mut rss_max = rss_before.unwrap_or(0.0);
