@@ -12,33 +12,10 @@
 mod common;
 
 use common::receiver::{Receiver, Reply};
-use common::s3::{lines, S3Server, ACCESS_KEY, SECRET_KEY};
-use common::Daemon;
-use std::collections::{BTreeSet, HashMap};
-use std::process::Command;
+use common::s3::{ids_once, S3Server, ACCESS_KEY, SECRET_KEY};
+use common::{count_once, env_number, Daemon};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number"))
-        })
-        .unwrap_or(default)
-}
-
-/// Counts how often each id occurs; panics naming the first id seen more than once.
-fn count_once(place: &str, ids: impl IntoIterator<Item = String>) -> BTreeSet<String> {
-    let mut counts: HashMap<String, u32> = HashMap::new();
-    for id in ids {
-        *counts.entry(id).or_default() += 1;
-    }
-    if let Some((id, n)) = counts.iter().find(|(_, n)| **n > 1) {
-        panic!("{place}: id {id} delivered {n} times");
-    }
-    counts.into_keys().collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_random_moments_loses_and_duplicates_nothing_at_either_sink() {
@@ -66,53 +43,23 @@ async fn kill9_at_random_moments_loses_and_duplicates_nothing_at_either_sink() {
     let acked_log = daemon.dir.path().join("acked.txt");
     let started = Instant::now();
     for cycle in 0..cycles {
-        let load = Command::new(env!("CARGO_BIN_EXE_outboxd-bench"))
-            .args(["--url", &format!("http://127.0.0.1:{}", daemon.http_port)])
-            .args(["--batch", "20", "--concurrency", "4", "--event-size", "200"])
-            .args(["--duration", "1500ms", "--acked-log"])
-            .arg(&acked_log)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let load = common::start_load(
+            &daemon,
+            &acked_log,
+            Duration::from_millis(1500),
+            &["--batch", "20", "--concurrency", "4", "--event-size", "200"],
+        );
         let kill_after = Duration::from_millis(rng.u64(150..1300));
         tokio::time::sleep(kill_after).await;
         daemon.kill9();
-        let status = tokio::task::spawn_blocking(move || load.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap()
-            .status;
+        let status = common::finish(load).await;
         assert!(status.success(), "cycle {cycle}: the load generator failed");
         daemon.spawn().await;
     }
-    // Let both sinks drain what is left.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let sinks = daemon.sinks().await;
-        let drained = sinks
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["lag_events"] == 0 && s["batch"].is_null() && s["state"] == "running");
-        if drained {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sinks did not drain: {sinks}\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_drained(&daemon, Duration::from_secs(300)).await;
     assert!(daemon.terminate().success());
 
-    let acked = count_once(
-        "the acked log",
-        std::fs::read_to_string(&acked_log)
-            .unwrap()
-            .lines()
-            .map(str::to_string),
-    );
+    let acked = common::acked_ids(&acked_log);
     assert!(
         acked.len() >= 1000 * cycles as usize / 2,
         "too little load: {}",
@@ -120,15 +67,7 @@ async fn kill9_at_random_moments_loses_and_duplicates_nothing_at_either_sink() {
     );
 
     let objects = s3.objects("crash");
-    let in_s3 = count_once(
-        "S3",
-        objects.iter().flat_map(|(key, bytes)| {
-            lines(key, bytes).into_iter().map(|line| {
-                let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-                event["id"].as_str().unwrap().to_string()
-            })
-        }),
-    );
+    let in_s3 = ids_once(&objects);
     let missing_s3: Vec<&String> = acked.difference(&in_s3).take(5).collect();
     assert!(
         missing_s3.is_empty(),

@@ -378,3 +378,96 @@ pub fn load_until_gone(
     }
     tasks
 }
+
+/// A number from the environment (test modes such as CRASH_CYCLES), or the default.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// The distinct ids; panics naming the first id that occurs more than once.
+pub fn count_once(
+    place: &str,
+    ids: impl IntoIterator<Item = String>,
+) -> std::collections::BTreeSet<String> {
+    let mut counts: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    for id in ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    if let Some((id, n)) = counts.iter().find(|(_, n)| **n > 1) {
+        panic!("{place}: id {id} delivered {n} times");
+    }
+    counts.into_keys().collect()
+}
+
+/// Resident memory of a process in MiB.
+pub fn rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        / 1024.0
+}
+
+/// Runs the load generator against the daemon in the background, recording
+/// acknowledged ids in `acked_log`.
+pub fn start_load(daemon: &Daemon, acked_log: &Path, duration: Duration, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_outboxd-bench"))
+        .args(["--url", &format!("http://127.0.0.1:{}", daemon.http_port)])
+        .arg("--duration")
+        .arg(format!("{}ms", duration.as_millis()))
+        .args(extra)
+        .arg("--acked-log")
+        .arg(acked_log)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The ids in an acked log (each must be there once).
+pub fn acked_ids(acked_log: &Path) -> std::collections::BTreeSet<String> {
+    count_once(
+        "the acked log",
+        std::fs::read_to_string(acked_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string),
+    )
+}
+
+/// Waits until every sink has delivered everything (no lag, no batch out).
+pub async fn wait_drained(daemon: &Daemon, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let sinks = daemon.sinks().await;
+        let drained = sinks
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["lag_events"] == 0 && s["batch"].is_null() && s["state"] == "running");
+        if drained {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sinks did not drain: {sinks}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for a child process without blocking the runtime.
+pub async fn finish(mut child: Child) -> ExitStatus {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}

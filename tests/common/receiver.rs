@@ -50,7 +50,15 @@ impl Reply {
         self.delay = delay;
         self
     }
+    /// The connection closes without an answer, as after a reset.
+    /// Recorded with status 0.
+    pub fn reset() -> Reply {
+        Reply::status(RESET)
+    }
 }
+
+/// The `status` of [`Reply::reset`].
+pub const RESET: u16 = 0;
 
 /// Decides the answer from the request and how many came before it.
 pub type Script = Box<dyn FnMut(&Seen, usize) -> Reply + Send>;
@@ -143,6 +151,11 @@ impl Receiver {
                     reply
                 };
                 tokio::time::sleep(reply.delay).await;
+                if reply.status == RESET {
+                    // Unwinding out of the handler drops the connection without
+                    // an answer (and, unlike panic!, prints nothing).
+                    std::panic::resume_unwind(Box::new("connection reset"));
+                }
                 let mut response = StatusCode::from_u16(reply.status).unwrap().into_response();
                 for (name, value) in reply.headers {
                     response.headers_mut().insert(name, value.parse().unwrap());

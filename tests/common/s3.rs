@@ -123,3 +123,16 @@ pub fn lines(key: &str, bytes: &[u8]) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The event ids in every object, each id once (panics on a duplicate).
+pub fn ids_once(objects: &[(String, Vec<u8>)]) -> std::collections::BTreeSet<String> {
+    super::count_once(
+        "S3",
+        objects.iter().flat_map(|(key, bytes)| {
+            lines(key, bytes).into_iter().map(|line| {
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+                event["id"].as_str().unwrap().to_string()
+            })
+        }),
+    )
+}
