@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need if it is missing, then
 # runs every unit and integration test against the real binary.
-#   ./tests/run.sh            everything
+#   ./tests/run.sh            everything, then a 20 s fuzz smoke
 #   ./tests/run.sh ingest     only tests whose name contains "ingest"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +26,17 @@ if command -v rustfmt >/dev/null 2>&1; then
   cargo fmt --all -- --check
 fi
 cargo test --locked --all-targets "$@"
+
+# Fuzz smoke (whole runs only): the ingest-body target for 20 s from the kept
+# corpus, on a copy so the repository is not touched. Stable toolchain, no
+# sanitizer; longer runs: see README "Fuzzing".
+if [ $# -eq 0 ]; then
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "tests/run.sh: installing cargo-fuzz"
+    cargo install cargo-fuzz --version 0.13.2 --locked --quiet
+  fi
+  corpus=$(mktemp -d)
+  trap 'rm -rf "$corpus"' EXIT
+  cp -r fuzz/corpus/ingest_body/. "$corpus"
+  (cd fuzz && cargo fuzz run -s none --dev ingest_body "$corpus" -- -max_total_time=20 -rss_limit_mb=1024 2>&1 | tail -20)
+fi

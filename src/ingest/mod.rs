@@ -4,7 +4,7 @@
 //! to the outbox writer and answers only once they are committed.
 
 pub mod admin;
-mod decode;
+pub mod decode;
 mod error;
 pub mod listen;
 
