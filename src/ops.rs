@@ -37,6 +37,10 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     };
     metrics::gauge!(names::OUTBOX_OLDEST_AGE).set(age);
     metrics::gauge!(names::OUTBOX_MAX_BYTES).set(state.outbox.max_bytes() as f64);
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    metrics::gauge!(names::RUNTIME_TASKS).set(tasks as f64);
     for sink in state.sinks.iter() {
         if let Ok((events, seconds)) = lag(&state.outbox, sink.snapshot().cursor).await {
             metrics::gauge!(names::SINK_LAG_EVENTS, "sink" => sink.name.clone()).set(events as f64);

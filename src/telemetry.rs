@@ -19,6 +19,7 @@ pub mod names {
     pub const OUTBOX_EVICTED: &str = "outboxd_outbox_evicted_events_total";
     pub const OUTBOX_DELETED: &str = "outboxd_outbox_deleted_events_total";
     pub const OUTBOX_QUARANTINED: &str = "outboxd_outbox_quarantined_databases";
+    pub const RUNTIME_TASKS: &str = "outboxd_runtime_tasks";
     pub const SINK_EVENTS: &str = "outboxd_sink_events_sent_total";
     pub const SINK_BATCHES: &str = "outboxd_sink_batches_sent_total";
     pub const SINK_BYTES: &str = "outboxd_sink_bytes_sent_total";
@@ -107,6 +108,10 @@ fn describe() {
     describe_counter!(
         OUTBOX_DELETED,
         "Events deleted after every sink delivered them."
+    );
+    describe_gauge!(
+        RUNTIME_TASKS,
+        "Tokio tasks alive (connections, sinks, housekeeping); should not drift."
     );
     describe_gauge!(
         OUTBOX_QUARANTINED,
