@@ -12,12 +12,14 @@ use crate::sinks::Sink;
 use crate::{outbox, telemetry};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinSet;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
     let drain_timeout = config.shutdown.drain_timeout.0;
     let opened = outbox::open(&config).await?;
+    let signals = install_signals()?;
     let trigger = ShutdownTrigger::new();
     let sinks: SinkRegistry = Arc::new(
         config
@@ -59,7 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Listeners are bound (a clash fails start-up before anything runs); now the sinks.
     let mut deliveries = start_sinks(&config, &opened.outbox, &trigger, &sinks).await?;
     let trigger = Arc::new(trigger);
-    tokio::spawn(watch_signals(trigger.clone()));
+    tokio::spawn(watch_signals(trigger.clone(), signals));
     tracing::info!(last_seq = opened.outbox.last_seq(), "outboxd ready");
 
     // Listeners stop only on shutdown; one failing early shuts the rest down too.
@@ -172,15 +174,18 @@ async fn start_sinks(
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
-async fn watch_signals(trigger: Arc<ShutdownTrigger>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+/// The handlers are installed before anything listens, so a SIGTERM that
+/// arrives as soon as `/healthz` answers is already a graceful one.
+fn install_signals() -> anyhow::Result<(Signal, Signal)> {
+    let install =
+        |kind| signal(kind).map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"));
+    Ok((
+        install(SignalKind::terminate())?,
+        install(SignalKind::interrupt())?,
+    ))
+}
+
+async fn watch_signals(trigger: Arc<ShutdownTrigger>, (mut term, mut int): (Signal, Signal)) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     trigger.fire();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

@@ -31,6 +31,7 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         Ok(Some(ms)) => (now_ms() - ms).max(0) as f64 / 1000.0,
         Ok(None) => 0.0,
         Err(e) => {
+            state.outbox.stats().observe(&e);
             tracing::warn!(error = %e, "reading the oldest event for metrics");
             0.0
         }
