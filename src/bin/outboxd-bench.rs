@@ -46,6 +46,10 @@ struct Args {
     /// How long to send, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Pace the load to about this many events/s in total (default: as fast
+    /// as the target answers). For soaks: a steady load, not a flood.
+    #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// Stop once this many events were accepted (whichever comes first with --duration).
     #[arg(long)]
     total_events: Option<u64>,
@@ -247,7 +251,17 @@ async fn worker(
     });
     let mut result = WorkerResult::default();
     let mut request = 0u64;
+    // Each worker sends one request per tick: batch × concurrency / rate seconds.
+    let mut pace = args.rate.map(|rate| {
+        let every = f64::from(args.batch) * f64::from(args.concurrency) / rate as f64;
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(every));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     while !stop.load(Ordering::Relaxed) {
+        if let Some(ticks) = pace.as_mut() {
+            ticks.tick().await;
+        }
         if args
             .total_events
             .is_some_and(|total| sent.fetch_add(u64::from(args.batch), Ordering::Relaxed) >= total)
