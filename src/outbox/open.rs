@@ -119,7 +119,25 @@ async fn check(
         .connect()
         .await
         .map_err(|e| sqlx_failure(path, "opening", e))?;
-    if let Err(e) = MIGRATOR.run(&mut connection).await {
+    match check_connected(path, &mut connection, suspect, start_after).await {
+        Ok(totals) => Ok((connection, totals)),
+        Err(failure) => {
+            // Closed before the caller may move the file: a connection closing
+            // later would checkpoint into it and delete the WAL by name, which
+            // by then could be the fresh outbox's.
+            close(connection).await;
+            Err(failure)
+        }
+    }
+}
+
+async fn check_connected(
+    path: &Path,
+    connection: &mut sqlx::SqliteConnection,
+    suspect: Option<&str>,
+    start_after: Option<i64>,
+) -> Result<Totals, Failure> {
+    if let Err(e) = MIGRATOR.run(&mut *connection).await {
         let text = e.to_string();
         return Err(if text.contains("previously applied but is missing") {
             Failure::Other(OpenError(format!(
@@ -138,20 +156,20 @@ async fn check(
     if let Some(after) = start_after {
         sqlx::query("UPDATE outbox_state SET last_seq = MAX(last_seq, ?1) WHERE singleton = 0")
             .bind(after)
-            .execute(&mut connection)
+            .execute(&mut *connection)
             .await
             .map_err(|e| sqlx_failure(path, "setting the first seq", e))?;
     }
     let (last_seq, events, bytes): (i64, i64, i64) = sqlx::query_as(
         "SELECT last_seq, event_count, byte_count FROM outbox_state WHERE singleton = 0",
     )
-    .fetch_one(&mut connection)
+    .fetch_one(&mut *connection)
     .await
     .map_err(|e| sqlx_failure(path, "reading outbox_state", e))?;
     // A read of the newest row and of each sink's cursor: catches a damaged
     // table b-tree at once rather than at the first delivery.
     let max_seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
-        .fetch_one(&mut connection)
+        .fetch_one(&mut *connection)
         .await
         .map_err(|e| sqlx_failure(path, "reading events", e))?;
     if max_seq.unwrap_or(0) > last_seq {
@@ -160,13 +178,13 @@ async fn check(
         ));
     }
     sqlx::query("SELECT COUNT(*) FROM sink_cursors")
-        .fetch_one(&mut connection)
+        .fetch_one(&mut *connection)
         .await
         .map_err(|e| sqlx_failure(path, "reading sink_cursors", e))?;
     if let Some(reason) = suspect {
         tracing::warn!(earlier = %reason.trim(), "the last run saw corruption; checking the whole outbox database");
         let problems: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(5)")
-            .fetch_all(&mut connection)
+            .fetch_all(&mut *connection)
             .await
             .map_err(|e| sqlx_failure(path, "quick_check", e))?;
         if problems != ["ok"] {
@@ -177,14 +195,11 @@ async fn check(
         }
         tracing::warn!("quick_check found the outbox database intact");
     }
-    Ok((
-        connection,
-        Totals {
-            last_seq,
-            events,
-            bytes,
-        },
-    ))
+    Ok(Totals {
+        last_seq,
+        events,
+        bytes,
+    })
 }
 
 pub fn connect_options(path: &Path, sync: SyncMode) -> SqliteConnectOptions {
