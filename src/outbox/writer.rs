@@ -204,13 +204,7 @@ impl Writer {
 
     fn commit(&mut self, mut group: Vec<Pending>) {
         if let Some(message) = self.low_on_disk() {
-            *self.stats.last_error.lock().expect("stats lock") = Some(message.clone());
-            for pending in group {
-                let _ = pending
-                    .reply
-                    .send(Err(AppendError::DiskFull(message.clone())));
-            }
-            return;
+            return self.refuse(group, message.clone(), AppendError::DiskFull(message));
         }
         let started = Instant::now();
         self.last_ms = self.last_ms.max(now_ms());
@@ -424,21 +418,26 @@ impl Writer {
         }
     }
 
+    /// Answers every request of `group` with `error`, storing nothing; the
+    /// reason shows on `/readyz` until the next successful commit.
+    fn refuse(&self, group: Vec<Pending>, reason: String, error: AppendError) {
+        *self.stats.last_error.lock().expect("stats lock") = Some(reason);
+        for pending in group {
+            let _ = pending.reply.send(Err(error.clone()));
+        }
+    }
+
     fn fail(&mut self, group: Vec<Pending>, error: rusqlite::Error) {
         self.watch_for_corruption(&error);
         let text = error.to_string();
         let disk_full = matches!(&error, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull);
         tracing::error!(error = %text, requests = group.len(), "outbox commit failed; nothing of these requests was stored");
-        *self.stats.last_error.lock().expect("stats lock") =
-            Some(format!("last commit failed: {text}"));
-        for pending in group {
-            let error = if disk_full {
-                AppendError::DiskFull(format!("the disk holding the outbox is full: {text}"))
-            } else {
-                AppendError::Storage(format!("the outbox could not commit: {text}"))
-            };
-            let _ = pending.reply.send(Err(error));
-        }
+        let refusal = if disk_full {
+            AppendError::DiskFull(format!("the disk holding the outbox is full: {text}"))
+        } else {
+            AppendError::Storage(format!("the outbox could not commit: {text}"))
+        };
+        self.refuse(group, format!("last commit failed: {text}"), refusal);
         // A failed COMMIT may still have reached the disk; re-read the totals
         // so the next seq never collides.
         let totals = self.connection.query_row(
