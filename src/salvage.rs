@@ -7,7 +7,7 @@
 //! b-tree pages instead of stopping at the first one.
 
 use crate::format::push_with_seq;
-use crate::outbox::integrity::sibling;
+use crate::outbox::integrity::{read_seq, sibling};
 use anyhow::Context;
 use rusqlite::{params, Connection};
 use std::io::Write;
@@ -126,18 +126,12 @@ fn repair_header(copy: &Path) -> anyhow::Result<bool> {
 
 /// The highest seq the file handed out, if any part that says so is readable.
 fn newest_seq(connection: &Connection) -> Option<i64> {
-    let read = |sql: &str| {
-        connection
-            .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
-            .ok()
-            .flatten()
-    };
     [
-        read("SELECT last_seq FROM outbox_state WHERE singleton = 0"),
-        read("SELECT MAX(seq) FROM events"),
+        "SELECT last_seq FROM outbox_state WHERE singleton = 0",
+        "SELECT MAX(seq) FROM events",
     ]
-    .into_iter()
-    .flatten()
+    .iter()
+    .filter_map(|sql| read_seq(connection, sql))
     .max()
 }
 

@@ -127,13 +127,8 @@ pub fn quarantined_files(data_dir: &Path) -> Vec<PathBuf> {
 pub fn next_seq_after(db: &Path) -> i64 {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let read = |sql: &str| -> Option<i64> {
-        let connection = rusqlite::Connection::open_with_flags(db, flags).ok()?;
-        connection
-            .query_row(sql, [], |row| row.get::<_, Option<i64>>(0))
-            .ok()
-            .flatten()
-    };
+    let connection = rusqlite::Connection::open_with_flags(db, flags).ok();
+    let read = |sql: &str| connection.as_ref().and_then(|c| read_seq(c, sql));
     if let Some(last) = read("SELECT last_seq FROM outbox_state WHERE singleton = 0") {
         return last.saturating_add(1);
     }
@@ -146,6 +141,14 @@ pub fn next_seq_after(db: &Path) -> i64 {
     .iter()
     .filter_map(|sql| read(sql))
     .fold(clock, |floor, seq| floor.max(seq.saturating_add(1)))
+}
+
+/// One seq from a possibly damaged database; None when unreadable or NULL.
+pub fn read_seq(connection: &rusqlite::Connection, sql: &str) -> Option<i64> {
+    connection
+        .query_row(sql, [], |row| row.get::<_, Option<i64>>(0))
+        .ok()
+        .flatten()
 }
 
 pub fn sibling(db: &Path, suffix: &str) -> PathBuf {
