@@ -36,14 +36,6 @@ fn quarantined(daemon: &Daemon) -> Vec<PathBuf> {
     files
 }
 
-async fn readyz(daemon: &Daemon) -> (u16, String) {
-    let answer = daemon.metrics_client().get("/readyz").await.unwrap();
-    (
-        answer.status.as_u16(),
-        String::from_utf8_lossy(&answer.body).into_owned(),
-    )
-}
-
 /// Posts `n` events without client ids (so nearly every page of the file is
 /// an events page), `pad` bytes of data each, 500 per request.
 async fn post_generated(daemon: &Daemon, n: usize, pad: usize) {
@@ -114,7 +106,7 @@ async fn a_garbled_header_is_quarantined_and_salvage_then_send_brings_every_even
     let note = std::fs::read_to_string(note).unwrap();
     assert!(note.contains("header is not SQLite's"), "{note}");
     // Loud: readiness detail, a metric, an error in the log.
-    let (status, body) = readyz(&daemon).await;
+    let (status, body) = daemon.readyz().await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("warning: 1 quarantined outbox database"),
@@ -225,7 +217,7 @@ async fn damage_found_at_run_time_restarts_in_place_and_quarantines() {
     let log = daemon.log();
     assert!(log.contains("restarts itself"), "{log}");
     assert!(log.contains("quick_check"), "{log}");
-    let (_, body) = readyz(&daemon).await;
+    let (_, body) = daemon.readyz().await;
     assert!(
         body.contains("moved aside at this start: quick_check"),
         "{body}"
@@ -307,7 +299,7 @@ async fn a_torn_or_garbled_wal_is_recovered_by_sqlite_without_quarantine() {
         damage(&wal, len);
 
         daemon.spawn().await;
-        let (status, body) = readyz(&daemon).await;
+        let (status, body) = daemon.readyz().await;
         assert_eq!((status, body.as_str()), (200, "ready\n"), "{name}");
         assert!(quarantined(&daemon).is_empty(), "{name}");
         let answer = daemon.post("application/json", r#"{"type":"after"}"#).await;
@@ -348,7 +340,7 @@ async fn a_truncated_or_garbled_database_is_quarantined_at_start() {
             .iter()
             .filter(|f| f.extension().is_some_and(|x| x == "db"));
         assert_eq!(dbs.count(), 1, "{name}: {files:?}\n{}", daemon.log());
-        let (status, body) = readyz(&daemon).await;
+        let (status, body) = daemon.readyz().await;
         assert_eq!(status, 200, "{name}: {body}");
         assert!(body.contains("moved aside at this start"), "{name}: {body}");
         let answer = daemon.post("application/json", r#"{"type":"after"}"#).await;

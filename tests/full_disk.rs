@@ -103,16 +103,6 @@ async fn wait_until_ingest_accepts(daemon: &Daemon, id: &str) {
     }
 }
 
-async fn ready_status(daemon: &Daemon) -> u16 {
-    daemon
-        .metrics_client()
-        .get("/readyz")
-        .await
-        .unwrap()
-        .status
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_ingest_keeps_every_ack_and_recovers_by_itself() {
     let receiver = Receiver::start(|_, _| Reply::ok()).await;
@@ -134,7 +124,7 @@ async fn a_full_disk_refuses_ingest_keeps_every_ack_and_recovers_by_itself() {
     let refusal = fill(&daemon, "a", &mut acked).await;
     assert_disk_full(&refusal, "below outbox.min_free_disk");
     assert!(acked.len() >= 3000, "only {} events fit", acked.len());
-    assert_eq!(ready_status(&daemon).await, 503);
+    assert_eq!(daemon.readyz().await.0, 503);
 
     // 2. The sink comes back and drains on the headroom; as delivered events
     // are deleted their pages are reused and ingest accepts again by itself.
@@ -146,7 +136,7 @@ async fn a_full_disk_refuses_ingest_keeps_every_ack_and_recovers_by_itself() {
     );
     wait_until_ingest_accepts(&daemon, "after-drain").await;
     acked.insert("after-drain".into());
-    assert_eq!(ready_status(&daemon).await, 200);
+    assert_eq!(daemon.readyz().await.0, 200);
 
     // 3. Someone else fills the disk to the last byte: SQLite's own full
     // condition. Once that space is freed, ingest recovers by itself.

@@ -254,6 +254,15 @@ impl Daemon {
         std::fs::write(&self.config_path, text.replace(from, to)).unwrap();
     }
 
+    /// `GET /readyz`: status and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        let answer = self.metrics_client().get("/readyz").await.unwrap();
+        (
+            answer.status.as_u16(),
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        )
+    }
+
     pub async fn metrics(&self) -> String {
         let answer = self.metrics_client().get("/metrics").await.unwrap();
         assert!(answer.status.is_success());
