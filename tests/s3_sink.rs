@@ -342,9 +342,11 @@ async fn a_dead_http_receiver_does_not_hold_back_s3_or_ingest() {
 async fn a_batch_over_8_mib_goes_up_as_a_multipart_upload() {
     with_secret();
     let server = S3Server::start().await;
+    // The batch closes on its count (1000 events, ~10 MiB), never on its age,
+    // however slowly the 20 requests arrive on a busy machine.
     let sink = s3_sink("lake", &server, "big", "").replace(
         "max_age = \"100ms\"",
-        "max_age = \"500ms\"\nmax_bytes = \"32MiB\"",
+        "max_age = \"1h\"\nmax_events = 1000\nmax_bytes = \"32MiB\"",
     );
     let daemon = Daemon::start(&sink).await;
     // ~10 MiB in one batch: 20 requests of 50 events of ~10 KiB.
@@ -371,5 +373,6 @@ async fn a_batch_over_8_mib_goes_up_as_a_multipart_upload() {
             .any(|(_, bytes)| bytes.len() > 8 * 1024 * 1024),
         "one object over the part size"
     );
+    assert_eq!(objects.len(), 1, "the 1000 events went up as one batch");
     assert_eq!(ids_in(&all_lines(&server, "big")).len(), 1000);
 }

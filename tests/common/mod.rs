@@ -144,7 +144,7 @@ impl Daemon {
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
@@ -479,4 +479,18 @@ pub async fn finish(mut child: Child) -> ExitStatus {
     tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap()
+}
+
+/// Polls `check` until it holds. The bound only catches a hang: no test
+/// relies on anything happening within a given time.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
