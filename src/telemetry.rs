@@ -19,6 +19,7 @@ pub mod names {
     pub const OUTBOX_EVICTED: &str = "outboxd_outbox_evicted_events_total";
     pub const OUTBOX_DELETED: &str = "outboxd_outbox_deleted_events_total";
     pub const OUTBOX_QUARANTINED: &str = "outboxd_outbox_quarantined_databases";
+    pub const OUTBOX_DISK_RESERVE: &str = "outboxd_outbox_disk_reserve_bytes";
     pub const RUNTIME_TASKS: &str = "outboxd_runtime_tasks";
     pub const SINK_EVENTS: &str = "outboxd_sink_events_sent_total";
     pub const SINK_BATCHES: &str = "outboxd_sink_batches_sent_total";
@@ -108,6 +109,11 @@ fn describe() {
     describe_counter!(
         OUTBOX_DELETED,
         "Events deleted after every sink delivered them."
+    );
+    describe_gauge!(
+        OUTBOX_DISK_RESERVE,
+        Unit::Bytes,
+        "Size of the disk reserve file in place; 0 after a full disk made outboxd release it."
     );
     describe_gauge!(
         RUNTIME_TASKS,

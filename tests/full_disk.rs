@@ -2,8 +2,11 @@
 //! with a clear message, nothing acknowledged is lost, the database stays
 //! intact, the sink keeps draining, and ingest recovers by itself.
 //!
-//! The filesystem is a tmpfs the test mounts, which needs root (CI runs as
-//! root). Without root the test says so and passes without running.
+//! The three phases run in a loop (`FULL_DISK_ROUNDS`, 3 by default; 20 in
+//! the long mode), so a wedge that shows once in twenty rounds shows here.
+//! The filesystem is a tmpfs the test mounts, which needs root. Without
+//! root the test says so and passes without running, except under CI
+//! (`CI` set), where it fails: CI runs as root.
 
 mod common;
 
@@ -32,6 +35,10 @@ impl Tmpfs {
         assert!(
             unsafe { libc::geteuid() } != 0,
             "running as root but cannot mount a tmpfs: {why}"
+        );
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root; mounting a tmpfs failed: {why}"
         );
         eprintln!("SKIPPED: mounting a tmpfs needs root ({why})");
         None
@@ -105,6 +112,7 @@ async fn wait_until_ingest_accepts(daemon: &Daemon, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_ingest_keeps_every_ack_and_recovers_by_itself() {
+    let rounds = common::env_number("FULL_DISK_ROUNDS", 3);
     let receiver = Receiver::start(|_, _| Reply::ok()).await;
     receiver.stop();
     let mut daemon = Daemon::prepare(&format!(
@@ -119,45 +127,81 @@ async fn a_full_disk_refuses_ingest_keeps_every_ack_and_recovers_by_itself() {
     };
     daemon.spawn().await;
     let mut acked = BTreeSet::new();
+    for round in 0..rounds {
+        let phase = |n: u32| format!("round {round}, phase {n}");
 
-    // 1. With the sink down, ingest fills the disk down to min_free_disk.
-    let refusal = fill(&daemon, "a", &mut acked).await;
-    assert_disk_full(&refusal, "below outbox.min_free_disk");
-    assert!(acked.len() >= 3000, "only {} events fit", acked.len());
-    assert_eq!(daemon.readyz().await.0, 503);
+        // Each round starts from the same place: everything delivered and
+        // deleted, the disk reserve back in place.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metrics = daemon.metrics().await;
+            let events = common::sample(&metrics, "outboxd_outbox_events");
+            let reserve = common::sample(&metrics, "outboxd_outbox_disk_reserve_bytes");
+            if events == Some(0.0) && reserve == Some(786432.0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the outbox never emptied ({events:?} events) or the reserve \
+                 never came back ({reserve:?} bytes)\n{}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
-    // 2. The sink comes back and drains on the headroom; as delivered events
-    // are deleted their pages are reused and ingest accepts again by itself.
-    receiver.resume().await;
-    assert!(
-        receiver.wait_for(&acked, Duration::from_secs(60)).await,
-        "acknowledged events missing at the sink:\n{}",
-        daemon.log()
-    );
-    wait_until_ingest_accepts(&daemon, "after-drain").await;
-    acked.insert("after-drain".into());
-    assert_eq!(daemon.readyz().await.0, 200);
+        // 1. With the sink down, ingest fills the disk down to min_free_disk.
+        receiver.stop();
+        let before = acked.len();
+        let refusal = fill(&daemon, &format!("a{round}"), &mut acked).await;
+        assert_disk_full(&refusal, "below outbox.min_free_disk");
+        assert!(
+            acked.len() - before >= 2000,
+            "{}: only {} events fit; {:?}\n{}",
+            phase(1),
+            acked.len() - before,
+            refusal.body,
+            daemon.log()
+        );
+        assert_eq!(daemon.readyz().await.0, 503, "{}", phase(1));
 
-    // 3. Someone else fills the disk to the last byte: SQLite's own full
-    // condition. Once that space is freed, ingest recovers by itself.
-    receiver.stop();
-    let filler = daemon.data_dir().join("filler");
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k"])
-        .arg(format!("of={}", filler.display()))
-        .output()
-        .unwrap();
-    let refusal = fill(&daemon, "b", &mut acked).await;
-    assert_disk_full(&refusal, "");
-    std::fs::remove_file(&filler).unwrap();
-    wait_until_ingest_accepts(&daemon, "after-free").await;
-    acked.insert("after-free".into());
-    receiver.resume().await;
-    assert!(
-        receiver.wait_for(&acked, Duration::from_secs(60)).await,
-        "acknowledged events missing at the sink:\n{}",
-        daemon.log()
-    );
+        // 2. The sink comes back and drains on the headroom; as delivered
+        // events are deleted their pages are reused and ingest accepts again
+        // by itself.
+        receiver.resume().await;
+        assert!(
+            receiver.wait_for(&acked, Duration::from_secs(60)).await,
+            "{}: acknowledged events missing at the sink (a wedged sink?):\n{}",
+            phase(2),
+            daemon.log()
+        );
+        let id = format!("after-drain-{round}");
+        wait_until_ingest_accepts(&daemon, &id).await;
+        acked.insert(id);
+        assert_eq!(daemon.readyz().await.0, 200, "{}", phase(2));
+
+        // 3. Someone else fills the disk to the last byte: SQLite's own full
+        // condition. Once that space is freed, ingest recovers by itself.
+        receiver.stop();
+        let filler = daemon.data_dir().join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", filler.display()))
+            .output()
+            .unwrap();
+        let refusal = fill(&daemon, &format!("b{round}"), &mut acked).await;
+        assert_disk_full(&refusal, "");
+        std::fs::remove_file(&filler).unwrap();
+        let id = format!("after-free-{round}");
+        wait_until_ingest_accepts(&daemon, &id).await;
+        acked.insert(id);
+        receiver.resume().await;
+        assert!(
+            receiver.wait_for(&acked, Duration::from_secs(60)).await,
+            "{}: acknowledged events missing at the sink:\n{}",
+            phase(3),
+            daemon.log()
+        );
+    }
 
     assert!(daemon.terminate().success());
     let db = daemon.data_dir().join("outbox.db");

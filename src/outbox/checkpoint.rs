@@ -2,6 +2,7 @@
 //! WAL back into the database happens beside the writer, not inside its
 //! commits (the writer's `wal_autocheckpoint` is only a backstop).
 
+use super::reserve::{self, DiskReserve};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,9 +23,12 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Runs PASSIVE checkpoints (they never block the writer); `written`
     /// counts bytes the writer committed and is reset at each checkpoint.
+    /// A checkpoint may need to grow the database file: on a full disk it
+    /// releases the reserve, and the next round tries again.
     pub fn start(
         connection: rusqlite::Connection,
         written: Arc<AtomicU64>,
+        reserve: Arc<DiskReserve>,
     ) -> std::io::Result<Checkpointer> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -44,6 +48,11 @@ impl Checkpointer {
                         connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
                         tracing::debug!(error = %e, "background checkpoint");
+                        // Not done: due again next round.
+                        written.fetch_add(pending, Ordering::Relaxed);
+                        if reserve::is_disk_full(&e) {
+                            reserve.release();
+                        }
                     }
                 }
             })?;

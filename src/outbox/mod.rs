@@ -10,6 +10,7 @@ pub mod integrity;
 mod open;
 pub mod progress;
 mod read;
+pub mod reserve;
 pub mod retention;
 mod writer;
 

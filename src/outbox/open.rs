@@ -4,6 +4,7 @@
 
 use super::checkpoint;
 use super::integrity::{self, Quarantined};
+use super::reserve::DiskReserve;
 use super::writer::{Writer, WriterSettings};
 use super::{Outbox, Stats};
 use crate::config::{Config, OnCorruption, SyncMode};
@@ -299,10 +300,21 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
     let max_bytes = settings.max_bytes;
     close(connection).await;
     let connection = writer_connection(&path, config.outbox.sync)?;
-    let writer = Writer::new(connection, settings, stats.clone(), last_seq, events, bytes);
+    let reserve = Arc::new(DiskReserve::new(
+        &config.data_dir,
+        config.outbox.min_free_disk.0,
+    ));
+    let writer = Writer::new(
+        connection,
+        settings,
+        stats.clone(),
+        (last_seq, events, bytes),
+        reserve.clone(),
+    );
     let checkpointer = checkpoint::Checkpointer::start(
         writer_connection(&path, config.outbox.sync)?,
         stats.written_since_checkpoint.clone(),
+        reserve,
     )
     .map_err(|e| OpenError(format!("cannot start the checkpoint thread: {e}")))?;
     let (stopped, writer_stopped) = oneshot::channel();

@@ -12,6 +12,7 @@
 
 use super::integrity;
 use super::progress::{self, SinkOp};
+use super::reserve::{self, DiskReserve};
 use super::retention;
 use super::{now_ms, AppendAck, AppendError, Command, Stats};
 use crate::config::{Config, WhenFull};
@@ -28,7 +29,14 @@ use tokio::sync::{mpsc, oneshot};
 const PRUNE_CHUNK: i64 = 50_000;
 /// Delivered events deleted per pass, between groups of requests.
 const GC_CHUNK: i64 = 20_000;
+/// ...and while ingest is stopped for lack of disk space.
+const GC_CHUNK_TIGHT: i64 = 1_000;
 const RETRY_AFTER_FULL: Duration = Duration::from_secs(1);
+/// What a transaction that is not an append adds to the checkpointer's
+/// count (about a page): every write, not only ingest, must lead to a
+/// checkpoint, or the WAL of a daemon that only delivers and deletes grows
+/// until the disk is full (found by tests/full_disk.rs).
+const HOUSEKEEPING_WRITE_BYTES: u64 = 4096;
 
 pub struct WriterSettings {
     pub max_bytes: u64,
@@ -67,9 +75,27 @@ pub struct Writer {
     cursors: BTreeMap<String, i64>,
     /// Everything up to here that retention allowed is deleted.
     collected_upto: i64,
+    reserve: Arc<DiskReserve>,
 }
 
 type SinkReply = oneshot::Sender<Result<u64, String>>;
+
+/// Space on the outbox's disk, as ingest sees it.
+struct Space {
+    /// Free on the filesystem.
+    available: u64,
+    /// Pages free inside the database.
+    reusable: u64,
+    /// Pages only in the WAL beyond the database file's end: the next
+    /// checkpoint grows the file by this much while the WAL still holds them.
+    growth: u64,
+}
+
+impl Space {
+    fn left(&self) -> u64 {
+        (self.available + self.reusable).saturating_sub(self.growth)
+    }
+}
 
 type Reply = oneshot::Sender<Result<AppendAck, AppendError>>;
 
@@ -100,9 +126,8 @@ impl Writer {
         connection: Connection,
         settings: WriterSettings,
         stats: Arc<Stats>,
-        last_seq: i64,
-        events: i64,
-        bytes: i64,
+        (last_seq, events, bytes): (i64, i64, i64),
+        reserve: Arc<DiskReserve>,
     ) -> Self {
         Writer {
             connection,
@@ -114,6 +139,7 @@ impl Writer {
             last_ms: now_ms(),
             cursors: BTreeMap::new(),
             collected_upto: 0,
+            reserve,
         }
     }
 
@@ -162,6 +188,7 @@ impl Writer {
             }
             if last_prune.elapsed() >= Duration::from_secs(1) {
                 self.prune_dedup();
+                self.restore_reserve();
                 last_prune = Instant::now();
             }
         }
@@ -204,7 +231,13 @@ impl Writer {
 
     fn commit(&mut self, mut group: Vec<Pending>) {
         if let Some(message) = self.low_on_disk() {
-            return self.refuse(group, message.clone(), AppendError::DiskFull(message));
+            let message = match self.tight() && self.reclaim_wal() {
+                true => self.low_on_disk(),
+                false => Some(message),
+            };
+            if let Some(message) = message {
+                return self.refuse(group, message.clone(), AppendError::DiskFull(message));
+            }
         }
         let started = Instant::now();
         self.last_ms = self.last_ms.max(now_ms());
@@ -239,6 +272,9 @@ impl Writer {
                 last_seq: self.last_seq,
             };
             let _ = pending.reply.send(Ok(ack));
+        }
+        if self.tight() {
+            self.reclaim_wal();
         }
     }
 
@@ -312,16 +348,16 @@ impl Writer {
     }
 
     fn apply_sink_op(&mut self, op: SinkOp) -> Result<u64, String> {
-        let result = (|| {
-            let tx = self.connection.transaction()?;
+        let result = self.housekeeping(|connection| {
+            let tx = connection.transaction()?;
             let (count, cursor) = progress::apply(&tx, &op)?;
             let registered = match &op {
                 SinkOp::Register { sinks } => Some(progress::cursors(&tx, sinks)?),
                 _ => None,
             };
             tx.commit()?;
-            Ok::<_, rusqlite::Error>((count, cursor, registered))
-        })();
+            Ok((count, cursor, registered))
+        });
         match result {
             Ok((count, cursor, registered)) => {
                 if let Some(registered) = registered {
@@ -350,21 +386,28 @@ impl Writer {
         let Some(upto) = retention::deletable_upto(&self.cursors) else {
             return;
         };
-        let result = (|| {
-            let tx = self.connection.transaction()?;
-            let (events, bytes) = progress::delete_upto(&tx, upto, GC_CHUNK)?;
+        // On a tight disk, small steps: each one's WAL is truncated before
+        // the next, so deleting never needs much space itself.
+        let chunk = if self.tight() {
+            GC_CHUNK_TIGHT
+        } else {
+            GC_CHUNK
+        };
+        let result = self.housekeeping(|connection| {
+            let tx = connection.transaction()?;
+            let (events, bytes) = progress::delete_upto(&tx, upto, chunk)?;
             tx.execute(
                 "UPDATE outbox_state SET event_count = event_count - ?1, byte_count = byte_count - ?2 WHERE singleton = 0",
                 params![events, bytes],
             )?;
             tx.commit()?;
-            Ok::<_, rusqlite::Error>((events, bytes))
-        })();
+            Ok((events, bytes))
+        });
         match result {
             Ok((events, bytes)) => {
                 self.events -= events;
                 self.bytes -= bytes;
-                if events < GC_CHUNK {
+                if events < chunk {
                     self.collected_upto = upto;
                 }
                 if events > 0 {
@@ -385,31 +428,133 @@ impl Writer {
     /// that bring space back: sink progress, deleting delivered events,
     /// checkpoints. Without it a full disk wedged the sinks too (found by
     /// tests/full_disk.rs).
+    ///
+    /// Pages that so far live only in the WAL and lie beyond the end of the
+    /// database file are counted as used: the next checkpoint grows the file
+    /// by that much while the WAL still holds them.
     fn low_on_disk(&self) -> Option<String> {
         let min = self.settings.min_free_disk;
-        if min == 0 {
-            return None;
-        }
-        let available = available_bytes(&self.settings.data_dir)?;
-        if available >= min {
-            return None;
-        }
-        let reusable: u64 = self
-            .connection
-            .query_row(
-                "SELECT f.freelist_count * p.page_size FROM pragma_freelist_count() f, pragma_page_size() p",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map_or(0, |n| n.max(0) as u64);
-        (available + reusable < min).then(|| {
+        let space = self.space()?;
+        (space.left() < min).then(|| {
             format!(
-                "the disk holding the outbox is full: {} bytes left ({available} free on the filesystem, \
-                 {reusable} reusable inside the database), below outbox.min_free_disk ({min}); \
-                 ingest resumes as sinks deliver or when space is freed",
-                available + reusable
+                "the disk holding the outbox is full: {} bytes left ({} free on the filesystem, \
+                 {} reusable inside the database, {} needed by the next checkpoint), \
+                 below outbox.min_free_disk ({min}); ingest resumes as sinks deliver or when space is freed",
+                space.left(),
+                space.available,
+                space.reusable,
+                space.growth
             )
         })
+    }
+
+    /// The space ingest may use; None when the check is off (or statvfs fails).
+    fn space(&self) -> Option<Space> {
+        if self.settings.min_free_disk == 0 {
+            return None;
+        }
+        let available = reserve::available_bytes(&self.settings.data_dir)?;
+        let (reusable, logical): (u64, u64) = self
+            .connection
+            .query_row(
+                "SELECT f.freelist_count * p.page_size, c.page_count * p.page_size \
+                 FROM pragma_freelist_count() f, pragma_page_size() p, pragma_page_count() c",
+                [],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+            )
+            .map_or((0, 0), |(r, l)| (r.max(0) as u64, l.max(0) as u64));
+        let on_disk =
+            std::fs::metadata(self.settings.data_dir.join("outbox.db")).map_or(0, |m| m.len());
+        Some(Space {
+            available,
+            reusable,
+            growth: logical.saturating_sub(on_disk),
+        })
+    }
+
+    /// Puts the disk reserve back when that leaves ingest at least
+    /// `min_free_disk`: restoring it never stops ingest by itself.
+    fn restore_reserve(&self) {
+        if self.reserve.is_present() {
+            return;
+        }
+        let Some(space) = self.space() else { return };
+        let size = self.reserve.size();
+        if space.available >= size && space.left() >= self.settings.min_free_disk + size {
+            self.reserve.restore();
+        }
+    }
+
+    /// Low on disk: copies the WAL into the database and truncates it, so
+    /// the space it holds (a second copy of recent writes) goes back to the
+    /// filesystem. True when it did that (a WAL was there to reclaim).
+    fn reclaim_wal(&mut self) -> bool {
+        let wal = self.settings.data_dir.join("outbox.db-wal");
+        if std::fs::metadata(&wal).map_or(true, |m| m.len() == 0) {
+            return false;
+        }
+        let done = self.with_reserve(|connection| {
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        });
+        match done {
+            Ok(0) => true,
+            Ok(busy) => {
+                tracing::debug!(
+                    busy,
+                    "low on disk: a reader kept the WAL from being truncated"
+                );
+                false // the next write tries again
+            }
+            Err(e) => {
+                self.watch_for_corruption(&e);
+                tracing::warn!(error = %e, "low on disk: truncating the WAL failed");
+                false
+            }
+        }
+    }
+
+    /// Less than `min_free_disk` is free on the filesystem itself. Every
+    /// write then goes through the WAL first, which only a checkpoint gives
+    /// back: so while tight, each write is followed by truncating the WAL,
+    /// or deleting delivered events would eat the headroom (the pages they
+    /// free inside the database are written to the WAL first).
+    fn tight(&self) -> bool {
+        let min = self.settings.min_free_disk;
+        min > 0 && reserve::available_bytes(&self.settings.data_dir).is_some_and(|a| a < min)
+    }
+
+    /// Runs a write that brings space back or records progress (sink ops,
+    /// deletions, pruning): these must never wedge on a full disk.
+    fn housekeeping<T>(
+        &mut self,
+        write: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let changes_before = self.connection.total_changes();
+        let result = self.with_reserve(write);
+        if result.is_ok() && self.connection.total_changes() != changes_before {
+            self.stats
+                .written_since_checkpoint
+                .fetch_add(HOUSEKEEPING_WRITE_BYTES, Ordering::Relaxed);
+            if self.tight() {
+                self.reclaim_wal();
+            }
+        }
+        result
+    }
+
+    /// Runs `write`; when the disk is full, releases the reserve and tries
+    /// once more.
+    fn with_reserve<T>(
+        &mut self,
+        mut write: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let result = write(&mut self.connection);
+        if matches!(&result, Err(e) if reserve::is_disk_full(e)) && self.reserve.release() {
+            return write(&mut self.connection);
+        }
+        result
     }
 
     fn watch_for_corruption(&self, error: &rusqlite::Error) {
@@ -430,7 +575,7 @@ impl Writer {
     fn fail(&mut self, group: Vec<Pending>, error: rusqlite::Error) {
         self.watch_for_corruption(&error);
         let text = error.to_string();
-        let disk_full = matches!(&error, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull);
+        let disk_full = reserve::is_disk_full(&error);
         tracing::error!(error = %text, requests = group.len(), "outbox commit failed; nothing of these requests was stored");
         let refusal = if disk_full {
             AppendError::DiskFull(format!("the disk holding the outbox is full: {text}"))
@@ -458,23 +603,25 @@ impl Writer {
     fn prune_dedup(&mut self) {
         self.last_ms = self.last_ms.max(now_ms());
         let cutoff = self.last_ms - self.settings.dedup_window_ms;
-        let result = self
-            .connection
+        let (max_ids, last_seq) = (self.settings.dedup_max_ids, self.last_seq);
+        let result = self.housekeeping(|connection| {
+            connection
             .query_row(
                 "SELECT MAX(seq) FROM (SELECT seq, accepted_ms FROM dedup ORDER BY seq LIMIT ?1) WHERE accepted_ms < ?2",
                 params![PRUNE_CHUNK, cutoff],
                 |row| row.get::<_, Option<i64>>(0),
             )
             .and_then(|expired| {
-                let bound = expired.unwrap_or(0).max(self.last_seq - self.settings.dedup_max_ids);
+                let bound = expired.unwrap_or(0).max(last_seq - max_ids);
                 if bound <= 0 {
                     return Ok(0);
                 }
-                self.connection.execute(
+                connection.execute(
                     "DELETE FROM dedup WHERE seq IN (SELECT seq FROM dedup WHERE seq <= ?1 ORDER BY seq LIMIT ?2)",
                     params![bound, PRUNE_CHUNK],
                 )
-            });
+            })
+        });
         if let Err(e) = result {
             self.watch_for_corruption(&e);
             tracing::warn!(error = %e, "pruning dedup entries failed");
@@ -619,14 +766,4 @@ fn evict_oldest(tx: &Transaction, needed: u64) -> rusqlite::Result<(i64, i64)> {
     }
     tx.execute("DELETE FROM events WHERE seq <= ?1", [upto])?;
     Ok((count, freed as i64))
-}
-
-/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
-fn available_bytes(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `stat` is a valid out-pointer.
-    let ok = unsafe { libc::statvfs(path.as_ptr(), &mut stat) } == 0;
-    ok.then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
