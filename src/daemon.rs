@@ -173,22 +173,45 @@ async fn start_sinks(
     Ok(deliveries)
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
-/// The handlers are installed before anything listens, so a SIGTERM that
-/// arrives as soon as `/healthz` answers is already a graceful one.
-fn install_signals() -> anyhow::Result<(Signal, Signal)> {
-    let install =
-        |kind| signal(kind).map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"));
-    Ok((
-        install(SignalKind::terminate())?,
-        install(SignalKind::interrupt())?,
-    ))
+/// The signals outboxd handles, installed before anything listens, so a
+/// SIGTERM that arrives as soon as `/healthz` answers is already a graceful
+/// one, and a SIGHUP (`systemctl reload`) never kills the daemon.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
 }
 
-async fn watch_signals(trigger: Arc<ShutdownTrigger>, (mut term, mut int): (Signal, Signal)) {
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    trigger.fire();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::warn!("second signal: exiting at once (acknowledged events are already durable)");
-    std::process::exit(1);
+fn install_signals() -> anyhow::Result<Signals> {
+    let install =
+        |kind| signal(kind).map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"));
+    Ok(Signals {
+        term: install(SignalKind::terminate())?,
+        int: install(SignalKind::interrupt())?,
+        hup: install(SignalKind::hangup())?,
+    })
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
+/// SIGHUP: logged; the config is read only at start.
+async fn watch_signals(trigger: Arc<ShutdownTrigger>, mut signals: Signals) {
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => {}
+            _ = signals.int.recv() => {}
+            _ = signals.hup.recv() => {
+                tracing::warn!("SIGHUP: live reload is not supported yet; the running configuration stays. Restart outboxd to apply config changes");
+                continue;
+            }
+        }
+        if stopping {
+            tracing::warn!(
+                "second signal: exiting at once (acknowledged events are already durable)"
+            );
+            std::process::exit(1);
+        }
+        stopping = true;
+        trigger.fire();
+    }
 }

@@ -39,7 +39,9 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once_even_with_a_request_hanging() {
-    let mut daemon = Daemon::start("").await;
+    // A drain timeout far beyond the bound below: only the second signal can
+    // end the process in time.
+    let mut daemon = Daemon::start("[shutdown]\ndrain_timeout = \"300s\"\n").await;
     // A client that sends half a body and then nothing keeps a request in flight.
     let mut stalled = std::net::TcpStream::connect(("127.0.0.1", daemon.http_port)).unwrap();
     stalled
@@ -61,7 +63,7 @@ async fn a_second_signal_exits_at_once_even_with_a_request_hanging() {
             break status;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(60),
             "second signal did not exit at once"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -69,4 +71,31 @@ async fn a_second_signal_exits_at_once_even_with_a_request_hanging() {
     assert_eq!(status.code(), Some(1));
     assert!(daemon.log().contains("second signal"));
     drop(stalled);
+}
+
+#[tokio::test]
+async fn sighup_is_logged_and_does_not_stop_the_daemon() {
+    let mut daemon = Daemon::start("").await;
+    daemon.post_ids(&common::ids("before-hup", 3), "t").await;
+    unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
+    common::eventually("SIGHUP is logged", || async {
+        daemon.log().contains("SIGHUP")
+    })
+    .await;
+    assert!(
+        daemon
+            .log()
+            .contains("restart outboxd to apply config changes")
+            || daemon
+                .log()
+                .contains("Restart outboxd to apply config changes"),
+        "{}",
+        daemon.log()
+    );
+    // Still serving, and a later SIGTERM is still the graceful stop.
+    daemon.post_ids(&common::ids("after-hup", 3), "t").await;
+    assert_eq!(daemon.stored().await.len(), 6);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}\n{}", daemon.log());
+    assert!(daemon.log().contains("stopped"));
 }
