@@ -69,6 +69,9 @@ pub struct IngestConfig {
     pub auth_token: Option<Secret>,
     pub auth_token_env: Option<String>,
     pub auth_token_file: Option<PathBuf>,
+    /// Allow `http_listen` on a non-loopback address without a token: anyone
+    /// who reaches the port may then write events and manage dead letters.
+    pub allow_unauthenticated_remote: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -163,6 +166,7 @@ impl Default for IngestConfig {
             auth_token: None,
             auth_token_env: None,
             auth_token_file: None,
+            allow_unauthenticated_remote: false,
         }
     }
 }
@@ -274,6 +278,24 @@ impl Config {
         if !ingest.http_listen.is_empty() {
             parse_listen("ingest.http_listen", &ingest.http_listen)?;
         }
+        let token = resolve_secret(
+            "ingest.auth_token",
+            ingest.auth_token.as_ref(),
+            ingest.auth_token_env.as_deref(),
+            ingest.auth_token_file.as_deref(),
+        )?;
+        if let Some(addr) = self.http_listen() {
+            if !addr.ip().is_loopback() && token.is_none() && !ingest.allow_unauthenticated_remote {
+                return Err(error_at(
+                    "ingest.http_listen",
+                    format!(
+                        "`{addr}` is reachable from other hosts and no ingest.auth_token is set; \
+                         set ingest.auth_token (or _env / _file), listen on loopback, or accept \
+                         the risk with ingest.allow_unauthenticated_remote = true"
+                    ),
+                ));
+            }
+        }
         if !self.metrics.listen.is_empty() {
             parse_listen("metrics.listen", &self.metrics.listen)?;
         }
@@ -309,12 +331,6 @@ impl Config {
                 "must be between 1 and 1000000",
             ));
         }
-        resolve_secret(
-            "ingest.auth_token",
-            ingest.auth_token.as_ref(),
-            ingest.auth_token_env.as_deref(),
-            ingest.auth_token_file.as_deref(),
-        )?;
         for (name, sink) in &self.sinks {
             sink.validate(name).map_err(ConfigError)?;
         }
@@ -414,6 +430,62 @@ impl fmt::Debug for Secret {
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("****")
+    }
+}
+
+/// A URL that may carry credentials (`https://user:pass@host/`): the
+/// password is masked whenever it is printed, logged or put in an error.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct MaskedUrl(String);
+
+impl MaskedUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `****`.
+    pub fn masked(&self) -> String {
+        mask_url(&self.0)
+    }
+}
+
+/// `text` with the password of a URL's userinfo replaced by `****`.
+pub fn mask_url(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_string();
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = text[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| authority_start + i);
+    let Some(at) = text[authority_start..authority_end].rfind('@') else {
+        return text.to_string();
+    };
+    let userinfo = &text[authority_start..authority_start + at];
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    format!(
+        "{}{user}:****{}",
+        &text[..authority_start],
+        &text[authority_start + at..]
+    )
+}
+
+impl fmt::Debug for MaskedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.masked())
+    }
+}
+
+impl fmt::Display for MaskedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl Serialize for MaskedUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.masked())
     }
 }
 
@@ -649,6 +721,66 @@ mod tests {
                 error.contains(key),
                 "error for {text:?} should name {key}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn a_remote_listener_needs_a_token_or_an_explicit_choice() {
+        let error = load_text("[ingest]\nhttp_listen = \"0.0.0.0:9811\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "ingest.http_listen",
+            "ingest.auth_token",
+            "ingest.allow_unauthenticated_remote",
+        ] {
+            assert!(error.contains(key), "{error} should name {key}");
+        }
+        for ok in [
+            "[ingest]\nhttp_listen = \"0.0.0.0:9811\"\nauth_token = \"t\"\n",
+            "[ingest]\nhttp_listen = \"[::]:9811\"\nallow_unauthenticated_remote = true\n",
+            "[ingest]\nhttp_listen = \"127.0.0.2:9811\"\n",
+            "[ingest]\nhttp_listen = \"[::1]:9811\"\n",
+        ] {
+            load_text(ok, &[]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        assert!(load_text("[ingest]\nhttp_listen = \"[::]:9811\"\n", &[]).is_err());
+    }
+
+    #[test]
+    fn the_container_image_defaults_load_and_keep_ingest_on_loopback() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+        // The OUTBOXD_* variables of the image's ENV instruction.
+        let env: Vec<(String, String)> = dockerfile
+            .split_whitespace()
+            .filter_map(|word| word.split_once('='))
+            .filter(|(key, _)| key.starts_with("OUTBOXD_"))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        assert!(env.len() >= 4, "{env:?}");
+        let config = Config::load_with_env(Source::File(&root.join("config/outboxd.toml")), env)
+            .expect("the image's config and environment pass check-config");
+        assert!(config.http_listen().unwrap().ip().is_loopback());
+        assert!(!config.metrics_listen().unwrap().ip().is_loopback());
+        assert!(config.auth_token().is_none());
+        assert_eq!(
+            config.unix_socket_path().unwrap(),
+            PathBuf::from("/run/outboxd/outboxd.sock")
+        );
+    }
+
+    #[test]
+    fn urls_print_without_their_password() {
+        let cases = [
+            ("https://user:pass@host/x", "https://user:****@host/x"),
+            ("http://token@host:8080", "http://token:****@host:8080"),
+            ("http://u:p:q@host?a=b@c", "http://u:****@host?a=b@c"),
+            ("http://host/path@x", "http://host/path@x"),
+            ("not a url", "not a url"),
+        ];
+        for (given, masked) in cases {
+            assert_eq!(mask_url(given), masked);
         }
     }
 

@@ -253,3 +253,73 @@ async fn the_tcp_listener_requires_the_token_and_the_socket_does_not() {
     assert_eq!(unix.status, StatusCode::OK);
     assert_eq!(daemon.stored().await.len(), 2);
 }
+
+#[tokio::test]
+async fn every_tcp_route_but_healthz_requires_the_token() {
+    let daemon = Daemon::start(&format!(
+        "[ingest]\nauth_token = \"s3cret\"\n[sinks.remote]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n",
+        common::free_port()
+    ))
+    .await;
+    let routes: &[(hyper::Method, &str, &str)] = &[
+        (hyper::Method::POST, "/v1/events", r#"{"type":"a"}"#),
+        (hyper::Method::GET, "/v1/sinks", ""),
+        (hyper::Method::GET, "/v1/dead-letters", ""),
+        (
+            hyper::Method::POST,
+            "/v1/dead-letters/replay",
+            r#"{"sink":"remote"}"#,
+        ),
+        (hyper::Method::GET, "/v1/no-such-route", ""),
+    ];
+    for (method, path, body) in routes {
+        for authorization in [
+            None,
+            Some("Bearer nope"),
+            Some("Bearer s3cret2"),
+            Some("s3cret"),
+        ] {
+            let mut headers = vec![("content-type", "application/json")];
+            headers.extend(authorization.map(|a| ("authorization", a)));
+            let answer = daemon
+                .client()
+                .request(method.clone(), Some(path), &headers, Bytes::from(*body))
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {authorization:?}"
+            );
+            assert_eq!(answer.headers["www-authenticate"], "Bearer");
+            assert_eq!(answer.json()["error"], "unauthorized");
+        }
+        let answer = daemon
+            .client()
+            .request(
+                method.clone(),
+                Some(path),
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", "Bearer s3cret"),
+                ],
+                Bytes::from(*body),
+            )
+            .await
+            .unwrap();
+        let expected = if *path == "/v1/no-such-route" {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(
+            answer.status, expected,
+            "{method} {path} with the token: {:?}",
+            answer.body
+        );
+    }
+    // Liveness stays open for probes; nothing was stored by refused requests.
+    let health = daemon.client().get("/healthz").await.unwrap();
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(daemon.stored().await.len(), 1);
+}

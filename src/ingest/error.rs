@@ -96,6 +96,11 @@ impl IntoResponse for IngestError {
             line,
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()

@@ -217,6 +217,21 @@ impl Daemon {
         self.client().get("/v1/sinks").await.unwrap().json()
     }
 
+    /// `GET /v1/sinks` with a bearer token.
+    pub async fn sinks_with_token(&self, token: &str) -> serde_json::Value {
+        let authorization = format!("Bearer {token}");
+        self.client()
+            .request(
+                hyper::Method::GET,
+                Some("/v1/sinks"),
+                &[("authorization", &authorization)],
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .json()
+    }
+
     /// The status of one sink.
     pub async fn sink(&self, name: &str) -> serde_json::Value {
         let all = self.sinks().await;

@@ -2,7 +2,7 @@
 //! `Idempotency-Key` derived from the sink name and the fixed range, so
 //! every retry (and every retry after a restart) carries the same key.
 
-use crate::config::{resolve_secret, Secret};
+use crate::config::{resolve_secret, MaskedUrl, Secret};
 use crate::format::EncodedBatch;
 use crate::sinks::Outcome;
 use crate::units::HumanDuration;
@@ -14,10 +14,13 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    pub url: String,
-    /// Extra request headers.
+    /// Credentials in it (`https://user:pass@host/`) are sent as basic auth
+    /// and masked wherever the URL is printed.
+    pub url: MaskedUrl,
+    /// Extra request headers; their values are masked when printed, since
+    /// they often carry API keys.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Bearer token: directly, or via `token_env` / `token_file`.
     pub token: Option<Secret>,
     pub token_env: Option<String>,
@@ -34,7 +37,7 @@ fn default_timeout() -> HumanDuration {
 
 impl HttpConfig {
     pub fn validate(&self, name: &str) -> Result<(), String> {
-        let url = reqwest::Url::parse(&self.url)
+        let url = reqwest::Url::parse(self.url.expose())
             .map_err(|e| format!("sinks.{name}.url: `{}` is not a URL: {e}", self.url))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
@@ -44,7 +47,7 @@ impl HttpConfig {
         for (header, value) in &self.headers {
             reqwest::header::HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| format!("sinks.{name}.headers: `{header}` is not a header name"))?;
-            reqwest::header::HeaderValue::from_str(value)
+            reqwest::header::HeaderValue::from_str(value.expose())
                 .map_err(|_| format!("sinks.{name}.headers.{header}: not a valid header value"))?;
         }
         resolve_secret(
@@ -64,6 +67,8 @@ impl HttpConfig {
 pub struct HttpSink {
     name: String,
     url: reqwest::Url,
+    /// The URL as errors and logs show it: without its password.
+    shown_url: String,
     client: reqwest::Client,
     headers: reqwest::header::HeaderMap,
 }
@@ -90,9 +95,12 @@ impl HttpSink {
             .map_err(|e| format!("sinks.{name}: cannot build the HTTP client: {e}"))?;
         let mut headers = reqwest::header::HeaderMap::new();
         for (header, value) in &config.headers {
+            let mut value: reqwest::header::HeaderValue =
+                value.expose().parse().expect("validated");
+            value.set_sensitive(true);
             headers.insert(
                 reqwest::header::HeaderName::from_bytes(header.as_bytes()).expect("validated"),
-                value.parse().expect("validated"),
+                value,
             );
         }
         let token = resolve_secret(
@@ -111,7 +119,8 @@ impl HttpSink {
         }
         Ok(HttpSink {
             name: name.to_string(),
-            url: reqwest::Url::parse(&config.url).expect("validated"),
+            url: reqwest::Url::parse(config.url.expose()).expect("validated"),
+            shown_url: config.url.masked(),
             client,
             headers,
         })
@@ -146,9 +155,11 @@ impl HttpSink {
                 } else {
                     "failed"
                 };
+                // reqwest's message names the URL, credentials and all.
+                let e = e.without_url();
                 return Outcome::Retry {
                     after: None,
-                    reason: format!("POST {} {what}: {}", self.url, error_chain(&e)),
+                    reason: format!("POST {} {what}: {}", self.shown_url, error_chain(&e)),
                 };
             }
         };

@@ -2,7 +2,7 @@
 //! range, so a retried or replayed batch overwrites the same key and never
 //! leaves a duplicate object. Objects over 8 MiB go up as multipart uploads.
 
-use crate::config::{resolve_secret, Secret};
+use crate::config::{resolve_secret, MaskedUrl, Secret};
 use crate::format::EncodedBatch;
 use crate::outbox::format_key_time;
 use crate::sinks::Outcome;
@@ -21,7 +21,7 @@ pub const DEFAULT_KEY_TEMPLATE: &str =
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// e.g. "http://127.0.0.1:9000" for MinIO, "https://s3.eu-west-1.amazonaws.com".
-    pub endpoint: String,
+    pub endpoint: MaskedUrl,
     #[serde(default = "default_region")]
     pub region: String,
     pub bucket: String,
@@ -67,7 +67,7 @@ fn default_timeout() -> HumanDuration {
 
 impl S3Config {
     pub fn validate(&self, name: &str) -> Result<(), String> {
-        let url = reqwest::Url::parse(&self.endpoint).map_err(|e| {
+        let url = reqwest::Url::parse(self.endpoint.expose()).map_err(|e| {
             format!(
                 "sinks.{name}.endpoint: `{}` is not a URL: {e}",
                 self.endpoint
@@ -130,7 +130,7 @@ impl S3Sink {
             .map_err(|e| format!("sinks.{name}: credentials: {e}"))?;
         let region = Region::Custom {
             region: config.region.clone(),
-            endpoint: config.endpoint.trim_end_matches('/').to_string(),
+            endpoint: config.endpoint.expose().trim_end_matches('/').to_string(),
         };
         let mut bucket = Bucket::new(&config.bucket, region.clone(), credentials.clone())
             .map_err(|e| format!("sinks.{name}: {e}"))?;
