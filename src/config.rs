@@ -58,8 +58,15 @@ pub struct IngestConfig {
     pub max_events_per_request: usize,
     pub max_event_bytes: ByteSize,
     pub max_depth: usize,
-    /// Bodies being read or parsed at once, in bytes; further requests wait.
+    /// Bodies being read or parsed at once, in bytes, counted as they
+    /// arrive; further requests wait.
     pub max_inflight_bytes: ByteSize,
+    /// Open connections per listener; more wait to be accepted.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, or the connection is closed.
+    pub header_timeout: HumanDuration,
+    /// A request's body must arrive within this (408 otherwise).
+    pub body_timeout: HumanDuration,
     pub dedup_window: HumanDuration,
     /// At most this many recent client ids are remembered for dedup, whatever
     /// the window: bounds the dedup table at high rates.
@@ -161,6 +168,9 @@ impl Default for IngestConfig {
             max_event_bytes: ByteSize::mib(1),
             max_depth: 64,
             max_inflight_bytes: ByteSize::mib(32),
+            max_connections: 1024,
+            header_timeout: HumanDuration::secs(10),
+            body_timeout: HumanDuration::secs(30),
             dedup_window: HumanDuration::secs(3600),
             dedup_max_ids: 5_000_000,
             auth_token: None,
@@ -307,6 +317,15 @@ impl Config {
         )?;
         positive("ingest.max_event_bytes", ingest.max_event_bytes.0)?;
         positive("outbox.max_bytes", self.outbox.max_bytes.0)?;
+        positive("ingest.max_connections", ingest.max_connections as u64)?;
+        positive(
+            "ingest.header_timeout",
+            ingest.header_timeout.0.as_millis() as u64,
+        )?;
+        positive(
+            "ingest.body_timeout",
+            ingest.body_timeout.0.as_millis() as u64,
+        )?;
         if !(1..=1024).contains(&ingest.max_depth) {
             return Err(error_at(
                 "ingest.max_depth",

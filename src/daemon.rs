@@ -31,19 +31,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ingest_state = IngestState::new(&config, opened.outbox.clone(), sinks.clone());
     let mut servers = JoinSet::new();
     let mut socket_file = None;
+    let limits = listen::ConnectionLimits::from_config(&config);
     if let Some(addr) = config.http_listen() {
         let listener = listen::bind_tcp("ingest", addr).await?;
         let router = ingest::router(ingest_state.with_token(config.auth_token()));
         tracing::info!(addr = %listener.local_addr()?, "ingest listening (http)");
-        servers.spawn(listen::serve_tcp(listener, router, trigger.subscribe()));
+        servers.spawn(listen::serve(listener, router, trigger.subscribe(), limits));
     }
     if let Some(path) = config.unix_socket_path() {
         let (listener, file) = listen::bind_unix(&path, config.unix_socket_mode()?)?;
         tracing::info!(path = %path.display(), "ingest listening (unix socket)");
-        servers.spawn(listen::serve_unix(
+        servers.spawn(listen::serve(
             listener,
             ingest::router(ingest_state.clone()),
             trigger.subscribe(),
+            limits,
         ));
         socket_file = Some(file);
     }
@@ -55,7 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             sinks: sinks.clone(),
         });
         tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-        servers.spawn(listen::serve_tcp(listener, router, trigger.subscribe()));
+        servers.spawn(listen::serve(listener, router, trigger.subscribe(), limits));
     }
     drop(ingest_state);
     // Listeners are bound (a clash fails start-up before anything runs); now the sinks.

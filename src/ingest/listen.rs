@@ -1,10 +1,18 @@
-//! TCP and Unix socket listeners, and serving a router until shutdown.
+//! TCP and Unix socket listeners, and serving a router on them until
+//! shutdown with bounded connections and a deadline for slow headers.
 
+use crate::config::Config;
 use crate::shutdown::Shutdown;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
 
 pub async fn bind_tcp(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -64,23 +72,60 @@ pub fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<(UnixListener, Socket
     Ok((listener, SocketFile(path.to_path_buf())))
 }
 
-/// Serves `router` until shutdown, then lets in-flight requests finish.
-pub async fn serve_tcp(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: Shutdown,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.recv().await })
-        .await
+/// What one listener allows its clients, so that a few stalled or hung
+/// clients can never hold up the others.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, or the connection is closed.
+    pub header_timeout: Duration,
 }
 
-pub async fn serve_unix(
-    listener: UnixListener,
+impl ConnectionLimits {
+    pub fn from_config(config: &Config) -> Self {
+        ConnectionLimits {
+            max_connections: config.ingest.max_connections,
+            header_timeout: config.ingest.header_timeout.0,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until shutdown, then lets the requests in
+/// flight finish (idle keep-alive connections are closed).
+pub async fn serve<L>(
+    mut listener: L,
     router: Router,
     mut shutdown: Shutdown,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.recv().await })
-        .await
+    limits: ConnectionLimits,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = shutdown.recv() => break,
+        };
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.recv() => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

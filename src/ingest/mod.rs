@@ -33,6 +33,7 @@ struct Shared {
     sinks: admin::SinkRegistry,
     limits: Limits,
     max_body_bytes: usize,
+    body_timeout: std::time::Duration,
     inflight: Semaphore,
     inflight_permits: u32,
 }
@@ -59,6 +60,7 @@ impl IngestState {
                     max_depth: config.ingest.max_depth,
                 },
                 max_body_bytes: config.ingest.max_body_bytes.as_usize(),
+                body_timeout: config.ingest.body_timeout.0,
                 inflight: Semaphore::new(permits as usize),
                 inflight_permits: permits,
             }),
@@ -206,39 +208,24 @@ async fn ingest(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large(max));
     }
-    // Bound memory whatever the load: a request holds permits for its raw
-    // body, and for the decoded body when it is encoded.
-    let raw = declared.map_or(max, |n| n as usize);
-    let needed = if encoding == decode::Encoding::Identity {
-        raw
-    } else {
-        raw + max
-    };
-    let permits = (needed.div_ceil(PERMIT_BYTES) as u32).clamp(1, shared.inflight_permits);
-    let _permit = shared.inflight.acquire_many(permits).await.map_err(|_| {
-        IngestError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "outboxd is shutting down",
-        )
-    })?;
-    let bytes = http_body_util::Limited::new(body, max)
-        .collect()
+    let deadline = tokio::time::Instant::now() + shared.body_timeout;
+    let (bytes, mut permit) = tokio::time::timeout_at(deadline, read_body(shared, body, max))
         .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large(max)
-            } else {
-                IngestError::new(
-                    StatusCode::BAD_REQUEST,
-                    "body_read_failed",
-                    format!("reading the body failed: {e}"),
-                )
-            }
-        })?
-        .to_bytes();
+        .map_err(|_| {
+            IngestError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within ingest.body_timeout ({:?})",
+                    shared.body_timeout
+                ),
+            )
+        })??;
+    if encoding != decode::Encoding::Identity {
+        // Decoding holds the decoded body too, up to the same cap.
+        let decoded = acquire(shared, max).await?;
+        permit.merge(decoded);
+    }
     metrics::counter!(names::INGEST_BYTES).increment(bytes.len() as u64);
     let decoded = decode::decode(bytes, encoding, max)?;
     let events = parse_body(&decoded, format, &shared.limits, now_ms())?;
@@ -248,6 +235,56 @@ async fn ingest(
         accepted: ack.accepted,
         duplicates: ack.duplicates,
         last_seq: ack.last_seq,
+    })
+}
+
+/// Reads the body, holding in-flight permits for the bytes as they arrive,
+/// never for what a header merely declares: a client that stalls holds
+/// only what it sent, and cannot starve the others.
+async fn read_body(
+    shared: &Shared,
+    mut body: Body,
+    max: usize,
+) -> Result<(bytes::Bytes, tokio::sync::SemaphorePermit<'_>), IngestError> {
+    let mut permit = acquire(shared, 1).await?;
+    let mut held = PERMIT_BYTES;
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            IngestError::new(
+                StatusCode::BAD_REQUEST,
+                "body_read_failed",
+                format!("reading the body failed: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buffer.len() + data.len() > max {
+            return Err(too_large(max));
+        }
+        let needed = buffer.len() + data.len();
+        if needed > held {
+            permit.merge(acquire(shared, needed - held).await?);
+            held = needed.div_ceil(PERMIT_BYTES) * PERMIT_BYTES;
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok((buffer.freeze(), permit))
+}
+
+/// Waits for in-flight permits covering `bytes`.
+async fn acquire(
+    shared: &Shared,
+    bytes: usize,
+) -> Result<tokio::sync::SemaphorePermit<'_>, IngestError> {
+    let permits = (bytes.div_ceil(PERMIT_BYTES) as u32).clamp(1, shared.inflight_permits);
+    shared.inflight.acquire_many(permits).await.map_err(|_| {
+        IngestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "outboxd is shutting down",
+        )
     })
 }
 
