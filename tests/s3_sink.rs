@@ -376,3 +376,33 @@ async fn a_batch_over_8_mib_goes_up_as_a_multipart_upload() {
     assert_eq!(objects.len(), 1, "the 1000 events went up as one batch");
     assert_eq!(ids_in(&all_lines(&server, "big")).len(), 1000);
 }
+
+#[tokio::test]
+async fn create_bucket_looks_first_and_creates_only_a_missing_bucket() {
+    with_secret();
+    let server = S3Server::start().await;
+    server.create_bucket("there");
+    let config = format!(
+        "{}\n{}",
+        s3_sink("fresh", &server, "missing", ""),
+        s3_sink("existing", &server, "there", "")
+    );
+    let daemon = Daemon::start(&config).await;
+    let sent = ids("cb", 3);
+    daemon.post_ids(&sent, "t").await;
+    let want: BTreeSet<String> = sent.iter().cloned().collect();
+    wait_for_ids(&server, "missing", &want, &daemon).await;
+    wait_for_ids(&server, "there", &want, &daemon).await;
+    assert!(server.bucket_exists("missing"));
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sink=fresh") && l.contains("bucket created")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sink=existing") && l.contains("bucket exists")),
+        "{log}"
+    );
+}

@@ -7,8 +7,11 @@ use crate::format::EncodedBatch;
 use crate::outbox::format_key_time;
 use crate::sinks::Outcome;
 use crate::units::HumanDuration;
+use s3::command::Command;
 use s3::creds::Credentials;
 use s3::error::S3Error;
+use s3::request::tokio_backend::ReqwestRequest;
+use s3::request::Request as _;
 use s3::{Bucket, BucketConfiguration, Region};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -118,7 +121,6 @@ pub struct S3Sink {
     config: S3Config,
     bucket: Box<Bucket>,
     region: Region,
-    credentials: Credentials,
     bucket_ready: AtomicBool,
 }
 
@@ -132,7 +134,7 @@ impl S3Sink {
             region: config.region.clone(),
             endpoint: config.endpoint.expose().trim_end_matches('/').to_string(),
         };
-        let mut bucket = Bucket::new(&config.bucket, region.clone(), credentials.clone())
+        let mut bucket = Bucket::new(&config.bucket, region.clone(), credentials)
             .map_err(|e| format!("sinks.{name}: {e}"))?;
         if config.path_style {
             bucket = bucket.with_path_style();
@@ -152,7 +154,6 @@ impl S3Sink {
             config: config.clone(),
             bucket,
             region,
-            credentials,
             bucket_ready: AtomicBool::new(!config.create_bucket),
         })
     }
@@ -175,45 +176,65 @@ impl S3Sink {
             .replace("{ext}", batch.extension)
     }
 
+    /// With `create_bucket`: looks for the bucket first (HeadBucket) and
+    /// creates it only when it is missing; "already owned by you" counts
+    /// as created.
     async fn ensure_bucket(&self) -> Result<(), Outcome> {
         if self.bucket_ready.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let config = BucketConfiguration::default();
-        let created = if self.config.path_style {
-            Bucket::create_with_path_style(
-                &self.config.bucket,
-                self.region.clone(),
-                self.credentials.clone(),
-                config,
-            )
-            .await
-        } else {
-            Bucket::create(
-                &self.config.bucket,
-                self.region.clone(),
-                self.credentials.clone(),
-                config,
-            )
-            .await
+        let head = async {
+            ReqwestRequest::new(&self.bucket, "/", Command::HeadObject)
+                .await?
+                .response_data(false)
+                .await
+        }
+        .await;
+        match head {
+            Ok(response) if (200..300).contains(&response.status_code()) => {
+                return Ok(self.mark_ready("bucket exists"))
+            }
+            Ok(response) if response.status_code() == 404 => {}
+            Ok(response) => {
+                return Err(classify(
+                    response.status_code(),
+                    "",
+                    "HEAD bucket (looking for it)",
+                ))
+            }
+            Err(e) => return Err(classify_error(e, "HEAD bucket (looking for it)")),
+        }
+        let command = Command::CreateBucket {
+            config: bucket_configuration(&self.region),
         };
+        let created = async {
+            ReqwestRequest::new(&self.bucket, "", command)
+                .await?
+                .response_data(false)
+                .await
+        }
+        .await;
         match created {
             Ok(response)
-                if (200..300).contains(&response.response_code)
-                    || response.response_text.contains("BucketAlreadyOwnedByYou")
-                    || response.response_text.contains("BucketAlreadyExists") =>
+                if (200..300).contains(&response.status_code())
+                    || response.as_str().is_ok_and(|body| {
+                        matches!(error_code(body), "BucketAlreadyOwnedByYou")
+                    }) =>
             {
-                tracing::info!(sink = %self.name, bucket = %self.config.bucket, "bucket ready");
-                self.bucket_ready.store(true, Ordering::Relaxed);
-                Ok(())
+                Ok(self.mark_ready("bucket created"))
             }
             Ok(response) => Err(classify(
-                response.response_code,
-                &response.response_text,
+                response.status_code(),
+                response.as_str().unwrap_or(""),
                 "creating the bucket",
             )),
             Err(e) => Err(classify_error(e, "creating the bucket")),
         }
+    }
+
+    fn mark_ready(&self, what: &str) {
+        tracing::info!(sink = %self.name, bucket = %self.config.bucket, "{what}");
+        self.bucket_ready.store(true, Ordering::Relaxed);
     }
 
     pub async fn deliver(&self, batch: &EncodedBatch) -> Outcome {
@@ -255,6 +276,19 @@ impl S3Sink {
             }
         }
     }
+}
+
+/// What a CreateBucket request says about the region. AWS S3 refuses a
+/// `LocationConstraint` of us-east-1 (InvalidLocationConstraint): there the
+/// constraint must be left out, and rust-s3 only knows that for its own
+/// us-east-1 region, not for a custom endpoint named us-east-1.
+fn bucket_configuration(region: &Region) -> BucketConfiguration {
+    let mut config = BucketConfiguration::default();
+    let name = region.to_string();
+    if !name.is_empty() && name != "us-east-1" {
+        config.set_location_constraint(region.clone());
+    }
+    config
 }
 
 fn error_code(body: &str) -> &str {
@@ -304,6 +338,22 @@ fn classify_error(error: S3Error, what: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn us_east_1_sends_no_location_constraint_other_regions_do() {
+        let custom = |region: &str| Region::Custom {
+            region: region.into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+        };
+        assert_eq!(
+            bucket_configuration(&custom("us-east-1")).location_constraint_payload(),
+            None
+        );
+        assert_eq!(
+            bucket_configuration(&custom("eu-west-1")).location_constraint_payload(),
+            Some("<CreateBucketConfiguration><LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>".into())
+        );
+    }
 
     #[test]
     fn s3_answers_map_to_outcomes() {
