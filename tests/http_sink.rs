@@ -483,3 +483,115 @@ async fn sigterm_abandons_a_slow_attempt_after_the_drain_timeout_and_resends_it(
         (seen[0].key.as_str(), &seen[0].ids)
     );
 }
+
+#[tokio::test]
+async fn one_event_too_large_for_the_receiver_is_dead_lettered_and_the_sink_goes_on() {
+    // The receiver takes at most 2 KB per request; one event alone is larger.
+    let receiver = Receiver::start(|seen, _| {
+        if seen.bytes > 2000 {
+            Reply::status(413)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
+    let big = "b".repeat(4000);
+    let body = format!(
+        "{{\"type\":\"t\",\"id\":\"small-1\"}}\n{{\"type\":\"t\",\"id\":\"huge\",\"data\":\"{big}\"}}\n{{\"type\":\"t\",\"id\":\"small-2\"}}\n"
+    );
+    assert_eq!(
+        daemon.post("application/x-ndjson", body).await.status,
+        hyper::StatusCode::OK
+    );
+    let small = set(&["small-1".to_string(), "small-2".to_string()]);
+    assert!(receiver.wait_for(&small, WAIT).await, "{}", daemon.log());
+    let status = daemon
+        .wait_sink("remote", WAIT, |s| {
+            s["dead_letters"] == 1 && s["lag_events"] == 0
+        })
+        .await;
+    assert_eq!(status["state"], "running");
+    let letters = daemon
+        .client()
+        .get("/v1/dead-letters?sink=remote")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(letters[0]["id"], "huge");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("too large"),
+        "{letters}"
+    );
+    assert!(!receiver.accepted_ids().contains(&"huge".to_string()));
+    // The sink goes on with what comes next.
+    daemon.post_ids(&ids("later", 3), "t").await;
+    assert!(receiver.wait_for(&set(&ids("later", 3)), WAIT).await);
+}
+
+#[tokio::test]
+async fn a_403_halts_and_keeps_the_events_and_a_503_backs_off_with_retry_after() {
+    // 403 until the receiver is told otherwise: halted, nothing lost.
+    let receiver = Receiver::start(|_, _| Reply::status(403)).await;
+    let daemon =
+        Daemon::start(&http_sink(&receiver.url(), "").replace("max = \"400ms\"", "max = \"5s\""))
+            .await;
+    let sent = ids("forbidden", 5);
+    daemon.post_ids(&sent, "t").await;
+    let status = daemon
+        .wait_sink("remote", WAIT, |s| s["state"] == "halted")
+        .await;
+    assert!(
+        status["last_error"].as_str().unwrap().contains("403"),
+        "{status}"
+    );
+    assert_eq!(daemon.stored().await.len(), 5);
+    assert_eq!(status["dead_letters"], 0);
+    // Now overloaded: 503 with Retry-After, then fine.
+    let overloaded = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = overloaded.clone();
+    receiver.set_script(move |_, _| {
+        if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::status(503).header("retry-after", "1")
+        } else {
+            Reply::ok()
+        }
+    });
+    assert!(
+        receiver.wait_for(&set(&sent), WAIT).await,
+        "{}",
+        daemon.log()
+    );
+    let seen = receiver.seen();
+    let first_503 = seen.iter().position(|s| s.status == 503).expect("a 503");
+    let waited = seen[first_503 + 1].at - seen[first_503].at;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "Retry-After: 1 on a 503 was not honoured ({waited:?})"
+    );
+    assert_eq!(seen[first_503 + 1].key, seen[first_503].key);
+    daemon
+        .wait_sink("remote", WAIT, |s| {
+            s["state"] == "running" && s["lag_events"] == 0
+        })
+        .await;
+    let metrics = daemon.metrics().await;
+    assert!(
+        sample(
+            &metrics,
+            "outboxd_sink_attempts_total{sink=\"remote\",outcome=\"halted\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "outboxd_sink_attempts_total{sink=\"remote\",outcome=\"retry\"}"
+        ),
+        Some(1.0)
+    );
+}
