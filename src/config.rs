@@ -54,6 +54,8 @@ pub struct IngestConfig {
     pub unix_socket: String,
     /// File mode of the Unix socket, as an octal string.
     pub unix_socket_mode: String,
+    /// Group of the Unix socket (name or gid); "" keeps the daemon's own.
+    pub unix_socket_group: String,
     pub max_body_bytes: ByteSize,
     pub max_events_per_request: usize,
     pub max_event_bytes: ByteSize,
@@ -163,6 +165,7 @@ impl Default for IngestConfig {
             http_listen: "127.0.0.1:9811".into(),
             unix_socket: "outboxd.sock".into(),
             unix_socket_mode: "0660".into(),
+            unix_socket_group: String::new(),
             max_body_bytes: ByteSize::mib(8),
             max_events_per_request: 10_000,
             max_event_bytes: ByteSize::mib(1),
@@ -310,6 +313,7 @@ impl Config {
             parse_listen("metrics.listen", &self.metrics.listen)?;
         }
         self.unix_socket_mode()?;
+        self.unix_socket_group()?;
         positive("ingest.max_body_bytes", ingest.max_body_bytes.0)?;
         positive(
             "ingest.max_events_per_request",
@@ -385,6 +389,17 @@ impl Config {
                     format!("`{mode}` is not an octal file mode such as \"0660\""),
                 )
             })
+    }
+
+    /// The gid `ingest.unix_socket_group` names, if set.
+    pub fn unix_socket_group(&self) -> Result<Option<u32>, ConfigError> {
+        let group = &self.ingest.unix_socket_group;
+        if group.is_empty() {
+            return Ok(None);
+        }
+        crate::ingest::listen::group_id(group)
+            .map(Some)
+            .map_err(|e| error_at("ingest.unix_socket_group", e))
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -787,6 +802,26 @@ mod tests {
             config.unix_socket_path().unwrap(),
             PathBuf::from("/run/outboxd/outboxd.sock")
         );
+    }
+
+    #[test]
+    fn the_systemd_unit_puts_the_socket_where_agents_can_reach_it() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let unit = std::fs::read_to_string(root.join("systemd/outboxd.service")).unwrap();
+        let env: Vec<(String, String)> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("Environment="))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config = Config::load_with_env(Source::File(&root.join("config/outboxd.toml")), env)
+            .expect("the unit's config and environment pass check-config");
+        let socket = config.unix_socket_path().unwrap();
+        // Under RuntimeDirectory=, never under the DynamicUser state dir.
+        assert!(socket.starts_with("/run/outboxd"), "{}", socket.display());
+        assert!(unit.contains("\nRuntimeDirectory=outboxd\n"));
+        assert!(unit.contains("\nGroup=outboxd\n"));
+        assert_eq!(config.unix_socket_mode().unwrap(), 0o660);
     }
 
     #[test]

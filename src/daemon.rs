@@ -39,7 +39,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         servers.spawn(listen::serve(listener, router, trigger.subscribe(), limits));
     }
     if let Some(path) = config.unix_socket_path() {
-        let (listener, file) = listen::bind_unix(&path, config.unix_socket_mode()?)?;
+        let (listener, file) = listen::bind_unix(
+            &path,
+            config.unix_socket_mode()?,
+            config.unix_socket_group()?,
+        )?;
         tracing::info!(path = %path.display(), "ingest listening (unix socket)");
         servers.spawn(listen::serve(
             listener,

@@ -323,3 +323,27 @@ async fn every_tcp_route_but_healthz_requires_the_token() {
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(daemon.stored().await.len(), 1);
 }
+
+#[tokio::test]
+async fn the_socket_takes_the_configured_mode_and_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Root may give the socket any group; anyone else their own.
+    let gid = if unsafe { libc::geteuid() } == 0 {
+        1
+    } else {
+        unsafe { libc::getegid() }
+    };
+    let daemon = Daemon::start(&format!(
+        "[ingest]\nunix_socket_mode = \"0640\"\nunix_socket_group = \"{gid}\"\n"
+    ))
+    .await;
+    let meta = std::fs::metadata(daemon.socket()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), gid);
+    let unix = daemon
+        .unix_client()
+        .post("application/json", Bytes::from(r#"{"type":"a"}"#))
+        .await
+        .unwrap();
+    assert_eq!(unix.status, StatusCode::OK);
+}

@@ -20,6 +20,33 @@ pub async fn bind_tcp(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
 }
 
+/// The id of a group given by name or number (`ingest.unix_socket_group`).
+pub fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name =
+        std::ffi::CString::new(group).map_err(|_| format!("`{group}` is not a group name"))?;
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: all-zero is a valid `group`; getgrnam_r fills it, pointing
+    // into `buffer`, which outlives every read of it here.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(format!("no group named `{group}` on this host"));
+    }
+    Ok(entry.gr_gid)
+}
+
 /// The Unix socket file; removed when dropped.
 pub struct SocketFile(PathBuf);
 
@@ -29,9 +56,14 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds the Unix socket with `mode`. An existing socket file is replaced
-/// only when nothing listens on it; any other file there is an error.
-pub fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<(UnixListener, SocketFile)> {
+/// Binds the Unix socket with `mode` and, when given, group `group`. An
+/// existing socket file is replaced only when nothing listens on it; any
+/// other file there is an error.
+pub fn bind_unix(
+    path: &Path,
+    mode: u32,
+    group: Option<u32>,
+) -> anyhow::Result<(UnixListener, SocketFile)> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             anyhow::bail!(
@@ -63,7 +95,8 @@ pub fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<(UnixListener, Socket
     let _ = std::fs::remove_file(&staging);
     let listener = UnixListener::bind(&staging)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+    std::os::unix::fs::chown(&staging, None, group)
+        .and_then(|_| std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)))
         .and_then(|_| std::fs::rename(&staging, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&staging);
@@ -128,4 +161,19 @@ where
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_found_by_name_or_number() {
+        assert_eq!(group_id("root"), Ok(0));
+        assert_eq!(group_id("0"), Ok(0));
+        assert_eq!(group_id("4242"), Ok(4242));
+        assert!(group_id("no-such-group-here")
+            .unwrap_err()
+            .contains("no-such-group-here"));
+    }
 }
