@@ -347,3 +347,115 @@ async fn the_socket_takes_the_configured_mode_and_group() {
         .unwrap();
     assert_eq!(unix.status, StatusCode::OK);
 }
+
+/// Posts one CloudEvent in binary content mode, headers as an SDK sends them.
+async fn post_binary(
+    daemon: &Daemon,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> outboxd::client::Answer {
+    daemon
+        .client()
+        .request(hyper::Method::POST, None, headers, Bytes::from_static(body))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cloudevents_binary_mode_is_stored_like_structured_mode() {
+    let daemon = Daemon::start("").await;
+    // As the CloudEvents SDKs send it: attributes in ce-* headers, the data
+    // as the body, its type in Content-Type.
+    let binary = post_binary(
+        &daemon,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "bin-1"),
+            ("ce-source", "/agents/planner"),
+            ("ce-type", "tool.result"),
+            ("ce-time", "2026-11-23T10:00:00Z"),
+            ("ce-subject", "caf%C3%A9"),
+            ("ce-sessionid", "s-9"),
+            ("content-type", "application/json"),
+        ],
+        br#"{"call_id":"c1","content":"42"}"#,
+    )
+    .await;
+    assert_eq!(binary.status, StatusCode::OK, "{:?}", binary.body);
+    let structured = daemon
+        .post(
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","id":"str-1","source":"/agents/planner","type":"tool.result",
+               "time":"2026-11-23T10:00:00Z","subject":"café","sessionid":"s-9",
+               "datacontenttype":"application/json","data":{"call_id":"c1","content":"42"}}"#,
+        )
+        .await;
+    assert_eq!(structured.status, StatusCode::OK, "{:?}", structured.body);
+    let text = post_binary(
+        &daemon,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "bin-2"),
+            ("ce-source", "/agents/planner"),
+            ("ce-type", "message"),
+            ("content-type", "text/plain; charset=utf-8"),
+        ],
+        b"plain words",
+    )
+    .await;
+    assert_eq!(text.status, StatusCode::OK, "{:?}", text.body);
+    let stored = daemon.stored().await;
+    assert_eq!(stored.len(), 3);
+    let without_id = |s: &common::Stored| {
+        let mut body = s.body.clone();
+        body.as_object_mut().unwrap().remove("id");
+        body.as_object_mut().unwrap().remove("received");
+        body
+    };
+    assert_eq!(without_id(&stored[0]), without_id(&stored[1]));
+    assert_eq!(stored[0].body["session_id"], "s-9");
+    assert_eq!(stored[2].body["data"], "plain words");
+
+    // Bad input: a clear 400 and nothing stored.
+    let refusals: [(&[(&str, &str)], &'static [u8], &str); 3] = [
+        (
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-source", "/a"),
+                ("ce-type", "t"),
+                ("content-type", "application/json"),
+            ],
+            b"{}",
+            "`id` is missing",
+        ),
+        (
+            &[
+                ("ce-specversion", "0.3"),
+                ("ce-id", "x"),
+                ("ce-source", "/a"),
+                ("ce-type", "t"),
+                ("content-type", "application/json"),
+            ],
+            b"{}",
+            "specversion",
+        ),
+        (
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "x"),
+                ("ce-source", "/a"),
+                ("ce-type", "t"),
+                ("content-type", "application/json"),
+            ],
+            b"{not json",
+            "not JSON",
+        ),
+    ];
+    for (headers, body, says) in refusals {
+        let answer = post_binary(&daemon, headers, body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{headers:?}");
+        let message = answer.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{message} should say {says}");
+    }
+    assert_eq!(daemon.stored().await.len(), 3);
+}

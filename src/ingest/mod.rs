@@ -4,12 +4,13 @@
 //! to the outbox writer and answers only once they are committed.
 
 pub mod admin;
+mod binary;
 pub mod decode;
 mod error;
 pub mod listen;
 
 use crate::config::Config;
-use crate::event::parse::{parse_body, Limits};
+use crate::event::parse::{parse_body, Format, Limits};
 use crate::outbox::{now_ms, Outbox};
 use crate::telemetry::names;
 use axum::body::Body;
@@ -198,7 +199,11 @@ async fn ingest(
     body: Body,
 ) -> Result<Accepted, IngestError> {
     let shared = &state.shared;
-    let format = decode::format_of(headers)?;
+    let binary = binary::is_binary(headers);
+    let format = match binary {
+        true => Format::CloudEvent,
+        false => decode::format_of(headers)?,
+    };
     let encoding = decode::encoding_of(headers)?;
     let max = shared.max_body_bytes;
     let declared = headers
@@ -227,7 +232,12 @@ async fn ingest(
         permit.merge(decoded);
     }
     metrics::counter!(names::INGEST_BYTES).increment(bytes.len() as u64);
-    let decoded = decode::decode(bytes, encoding, max)?;
+    let mut decoded = decode::decode(bytes, encoding, max)?;
+    if binary {
+        decoded = binary::to_structured(headers, &decoded)?
+            .into_bytes()
+            .into();
+    }
     let events = parse_body(&decoded, format, &shared.limits, now_ms())?;
     drop(decoded);
     let ack = shared.outbox.append(events).await?;
