@@ -36,7 +36,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let listener = listen::bind_tcp("ingest", addr).await?;
         let router = ingest::router(ingest_state.with_token(config.auth_token()));
         tracing::info!(addr = %listener.local_addr()?, "ingest listening (http)");
-        servers.spawn(listen::serve(listener, router, trigger.subscribe(), limits));
+        servers.spawn(listen::serve_tcp(
+            listener,
+            router,
+            trigger.subscribe(),
+            limits,
+        ));
     }
     if let Some(path) = config.unix_socket_path() {
         let (listener, file) = listen::bind_unix(
@@ -61,7 +66,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             sinks: sinks.clone(),
         });
         tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-        servers.spawn(listen::serve(listener, router, trigger.subscribe(), limits));
+        servers.spawn(listen::serve_tcp(
+            listener,
+            router,
+            trigger.subscribe(),
+            limits,
+        ));
     }
     drop(ingest_state);
     // Listeners are bound (a clash fails start-up before anything runs); now the sinks.

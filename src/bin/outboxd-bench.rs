@@ -72,6 +72,10 @@ struct Args {
     /// Runtime worker threads for the generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Print when slow requests (over this many ms) happened, per 100 ms
+    /// window: a periodic stall shows as a regular pattern.
+    #[arg(long, value_name = "MS")]
+    timeline: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -86,6 +90,8 @@ enum BodyFormat {
 #[derive(Default)]
 struct WorkerResult {
     latencies_us: Vec<u32>,
+    /// (ms since the run started, µs taken) of requests slower than --timeline.
+    slow: Vec<(u64, u32)>,
     events_ok: u64,
     statuses: BTreeMap<String, u64>,
 }
@@ -224,6 +230,7 @@ async fn worker(
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     acked: Option<AckedLog>,
+    run_started: Instant,
 ) -> WorkerResult {
     let mut client = Client::new(target);
     let content_type = match args.format {
@@ -275,6 +282,13 @@ async fn worker(
             .request(hyper::Method::POST, None, &headers, payload)
             .await;
         let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        if args
+            .timeline
+            .is_some_and(|ms| u64::from(micros) > ms * 1000)
+        {
+            let at = started.duration_since(run_started).as_millis() as u64;
+            result.slow.push((at, micros));
+        }
         match answer {
             Ok(answer) if answer.status.is_success() => {
                 result.latencies_us.push(micros);
@@ -384,6 +398,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             stop.clone(),
             sent.clone(),
             acked.clone(),
+            started,
         ));
     }
     let mut rss_max = rss_before.unwrap_or(0.0);
@@ -399,11 +414,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
+    let mut slow = Vec::new();
     let mut events_ok = 0;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     while let Some(result) = workers.join_next().await {
         let result = result?;
         latencies.extend(result.latencies_us);
+        slow.extend(result.slow);
         events_ok += result.events_ok;
         for (status, n) in result.statuses {
             *errors.entry(status).or_default() += n;
@@ -459,6 +476,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("errors        {status}: {n}");
         }
     }
+    if let Some(threshold) = args.timeline {
+        print_timeline(&mut slow, threshold);
+    }
     if let Some(rss) = report.rss {
         println!(
             "rss MiB       before {:.1}  max {:.1}  after {:.1}",
@@ -466,4 +486,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line per 100 ms window holding requests slower than `threshold` ms:
+/// when, how many, the slowest.
+fn print_timeline(slow: &mut [(u64, u32)], threshold: u64) {
+    slow.sort_unstable();
+    println!("slow (> {threshold} ms) requests per 100 ms window:");
+    let mut windows: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+    for (at, micros) in slow.iter() {
+        let window = windows.entry(at / 100).or_default();
+        window.0 += 1;
+        window.1 = window.1.max(*micros);
+    }
+    for (window, (count, max)) in windows {
+        println!(
+            "  t={:>7.1}s  {count:>5} slow  max {:.1} ms",
+            window as f64 / 10.0,
+            f64::from(max) / 1000.0
+        );
+    }
 }

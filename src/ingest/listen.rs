@@ -124,6 +124,24 @@ impl ConnectionLimits {
     }
 }
 
+/// Serves `router` on a TCP listener (see [`serve`]), with Nagle's algorithm
+/// off: an answer split over two segments otherwise waits for the client's
+/// delayed ACK, up to 40 ms (measured: p99 30-50 ms at 4 connections).
+pub async fn serve_tcp(
+    listener: TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    serve(listener, router, shutdown, limits).await
+}
+
 /// Serves `router` on `listener` until shutdown, then lets the requests in
 /// flight finish (idle keep-alive connections are closed).
 pub async fn serve<L>(
