@@ -781,20 +781,27 @@ mod tests {
         assert!(load_text("[ingest]\nhttp_listen = \"[::]:9811\"\n", &[]).is_err());
     }
 
-    #[test]
-    fn the_container_image_defaults_load_and_keep_ingest_on_loopback() {
+    /// The example config under the `OUTBOXD_*` settings found in the
+    /// words of a deploy file (a Dockerfile's ENV, a unit's Environment=).
+    fn load_example_as_deployed(deploy_file: &str) -> (Config, String) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
-        // The OUTBOXD_* variables of the image's ENV instruction.
-        let env: Vec<(String, String)> = dockerfile
+        let text = std::fs::read_to_string(root.join(deploy_file)).unwrap();
+        let env: Vec<(String, String)> = text
             .split_whitespace()
+            .map(|word| word.trim_start_matches("Environment="))
             .filter_map(|word| word.split_once('='))
             .filter(|(key, _)| key.starts_with("OUTBOXD_"))
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        assert!(env.len() >= 4, "{env:?}");
+        assert!(env.len() >= 3, "{deploy_file}: {env:?}");
         let config = Config::load_with_env(Source::File(&root.join("config/outboxd.toml")), env)
-            .expect("the image's config and environment pass check-config");
+            .unwrap_or_else(|e| panic!("{deploy_file} with the example config: {e}"));
+        (config, text)
+    }
+
+    #[test]
+    fn the_container_image_defaults_load_and_keep_ingest_on_loopback() {
+        let (config, _) = load_example_as_deployed("Dockerfile");
         assert!(config.http_listen().unwrap().ip().is_loopback());
         assert!(!config.metrics_listen().unwrap().ip().is_loopback());
         assert!(config.auth_token().is_none());
@@ -806,16 +813,7 @@ mod tests {
 
     #[test]
     fn the_systemd_unit_puts_the_socket_where_agents_can_reach_it() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let unit = std::fs::read_to_string(root.join("systemd/outboxd.service")).unwrap();
-        let env: Vec<(String, String)> = unit
-            .lines()
-            .filter_map(|l| l.strip_prefix("Environment="))
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let config = Config::load_with_env(Source::File(&root.join("config/outboxd.toml")), env)
-            .expect("the unit's config and environment pass check-config");
+        let (config, unit) = load_example_as_deployed("systemd/outboxd.service");
         let socket = config.unix_socket_path().unwrap();
         // Under RuntimeDirectory=, never under the DynamicUser state dir.
         assert!(socket.starts_with("/run/outboxd"), "{}", socket.display());
