@@ -45,8 +45,9 @@ impl DiskReserve {
             if present {
                 metrics::gauge!(names::OUTBOX_DISK_RESERVE).set(reserve.size as f64);
             } else {
-                let dir = data_dir;
-                if available_bytes(dir).is_some_and(|free| free >= reserve.size + min_free_disk) {
+                if available_bytes(data_dir)
+                    .is_some_and(|free| free >= reserve.size + min_free_disk)
+                {
                     reserve.restore();
                 }
             }

@@ -230,12 +230,15 @@ impl Writer {
     }
 
     fn commit(&mut self, mut group: Vec<Pending>) {
-        if let Some(message) = self.low_on_disk() {
-            let message = match self.tight() && self.reclaim_wal() {
-                true => self.low_on_disk(),
+        // One statvfs per group serves both checks below.
+        let available = self.available();
+        if let Some(message) = available.and_then(|a| self.low_on_disk(a)) {
+            // Truncating the WAL may give back enough.
+            let still_low = match self.is_tight(available) && self.reclaim_wal() {
+                true => self.available().and_then(|a| self.low_on_disk(a)),
                 false => Some(message),
             };
-            if let Some(message) = message {
+            if let Some(message) = still_low {
                 return self.refuse(group, message.clone(), AppendError::DiskFull(message));
             }
         }
@@ -273,7 +276,7 @@ impl Writer {
             };
             let _ = pending.reply.send(Ok(ack));
         }
-        if self.tight() {
+        if self.is_tight(available) {
             self.reclaim_wal();
         }
     }
@@ -432,20 +435,16 @@ impl Writer {
     /// Pages that so far live only in the WAL and lie beyond the end of the
     /// database file are counted as used: the next checkpoint grows the file
     /// by that much while the WAL still holds them.
-    fn low_on_disk(&self) -> Option<String> {
+    fn low_on_disk(&self, available: u64) -> Option<String> {
         let min = self.settings.min_free_disk;
-        if min == 0 {
-            return None;
-        }
-        // The common case in two cheap calls: what the next checkpoint adds
+        // The common case in one cheap call: what the next checkpoint adds
         // to the file is in the WAL, so it is at most the WAL's size.
-        let available = reserve::available_bytes(&self.settings.data_dir)?;
         let wal =
             std::fs::metadata(self.settings.data_dir.join("outbox.db-wal")).map_or(0, |m| m.len());
         if available >= min.saturating_add(wal) {
             return None;
         }
-        let space = self.space()?;
+        let space = self.space(available);
         (space.left() < min).then(|| {
             format!(
                 "the disk holding the outbox is full: {} bytes left ({} free on the filesystem, \
@@ -459,12 +458,17 @@ impl Writer {
         })
     }
 
-    /// The space ingest may use; None when the check is off (or statvfs fails).
-    fn space(&self) -> Option<Space> {
+    /// Free bytes on the outbox's filesystem; None when `min_free_disk` is
+    /// 0 (the check is off) or statvfs fails.
+    fn available(&self) -> Option<u64> {
         if self.settings.min_free_disk == 0 {
             return None;
         }
-        let available = reserve::available_bytes(&self.settings.data_dir)?;
+        reserve::available_bytes(&self.settings.data_dir)
+    }
+
+    /// The space ingest may use, given what is free on the filesystem.
+    fn space(&self, available: u64) -> Space {
         let (reusable, logical): (u64, u64) = self
             .connection
             .query_row(
@@ -476,11 +480,11 @@ impl Writer {
             .map_or((0, 0), |(r, l)| (r.max(0) as u64, l.max(0) as u64));
         let on_disk =
             std::fs::metadata(self.settings.data_dir.join("outbox.db")).map_or(0, |m| m.len());
-        Some(Space {
+        Space {
             available,
             reusable,
             growth: logical.saturating_sub(on_disk),
-        })
+        }
     }
 
     /// Puts the disk reserve back when that leaves ingest at least
@@ -489,7 +493,10 @@ impl Writer {
         if self.reserve.is_present() {
             return;
         }
-        let Some(space) = self.space() else { return };
+        let Some(available) = self.available() else {
+            return;
+        };
+        let space = self.space(available);
         let size = self.reserve.size();
         if space.available >= size && space.left() >= self.settings.min_free_disk + size {
             self.reserve.restore();
@@ -532,8 +539,11 @@ impl Writer {
     /// or deleting delivered events would eat the headroom (the pages they
     /// free inside the database are written to the WAL first).
     fn tight(&self) -> bool {
-        let min = self.settings.min_free_disk;
-        min > 0 && reserve::available_bytes(&self.settings.data_dir).is_some_and(|a| a < min)
+        self.is_tight(self.available())
+    }
+
+    fn is_tight(&self, available: Option<u64>) -> bool {
+        available.is_some_and(|a| a < self.settings.min_free_disk)
     }
 
     /// Runs a write that brings space back or records progress (sink ops,
