@@ -168,12 +168,7 @@ async fn a_full_disk_refuses_ingest_keeps_every_ack_and_recovers_by_itself() {
         // events are deleted their pages are reused and ingest accepts again
         // by itself.
         receiver.resume().await;
-        assert!(
-            receiver.wait_for(&acked, Duration::from_secs(60)).await,
-            "{}: acknowledged events missing at the sink (a wedged sink?):\n{}",
-            phase(2),
-            daemon.log()
-        );
+        assert_delivered(&receiver, &acked, &daemon, &phase(2)).await;
         let id = format!("after-drain-{round}");
         wait_until_ingest_accepts(&daemon, &id).await;
         acked.insert(id);
@@ -195,17 +190,26 @@ async fn a_full_disk_refuses_ingest_keeps_every_ack_and_recovers_by_itself() {
         wait_until_ingest_accepts(&daemon, &id).await;
         acked.insert(id);
         receiver.resume().await;
-        assert!(
-            receiver.wait_for(&acked, Duration::from_secs(60)).await,
-            "{}: acknowledged events missing at the sink:\n{}",
-            phase(3),
-            daemon.log()
-        );
+        assert_delivered(&receiver, &acked, &daemon, &phase(3)).await;
     }
 
     assert!(daemon.terminate().success());
     let db = daemon.data_dir().join("outbox.db");
     assert_eq!(integrity_check(&db), "ok");
+}
+
+/// Every acknowledged event reached the sink (none wedged on the disk).
+async fn assert_delivered(
+    receiver: &Receiver,
+    acked: &BTreeSet<String>,
+    daemon: &Daemon,
+    when: &str,
+) {
+    assert!(
+        receiver.wait_for(acked, Duration::from_secs(60)).await,
+        "{when}: acknowledged events missing at the sink (a wedged sink?):\n{}",
+        daemon.log()
+    );
 }
 
 /// `PRAGMA integrity_check` through sqlx (the test's SQLite binding).

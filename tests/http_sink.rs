@@ -22,16 +22,21 @@ fn set(ids: &[String]) -> BTreeSet<String> {
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[tokio::test]
-async fn a_413_splits_the_batch_until_the_halves_fit() {
-    let receiver = Receiver::start(|seen, _| {
-        if seen.bytes > 2500 {
+/// A receiver that answers 413 to any request body over `limit` bytes.
+async fn refusing_requests_over(limit: usize) -> Receiver {
+    Receiver::start(move |seen, _| {
+        if seen.bytes > limit {
             Reply::status(413)
         } else {
             Reply::ok()
         }
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_413_splits_the_batch_until_the_halves_fit() {
+    let receiver = refusing_requests_over(2500).await;
     let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
     let sent = ids("split", 40);
     daemon.post_ids(&sent, "split.test").await;
@@ -231,13 +236,7 @@ async fn a_poison_event_is_isolated_and_dead_lettered_alone() {
         accepted, good,
         "every good event exactly once, the poison never"
     );
-    let letters = daemon
-        .client()
-        .get("/v1/dead-letters?sink=remote")
-        .await
-        .unwrap()
-        .json();
-    let letters = letters.as_array().unwrap();
+    let letters = daemon.dead_letters(Some("remote")).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0]["id"], "the-poison");
     assert!(
@@ -403,13 +402,7 @@ async fn max_attempts_dead_letters_the_batch_instead_of_dropping_it() {
         .await;
     assert_eq!(status["cursor"], 4);
     assert_eq!(receiver.seen().len(), 3, "exactly max_attempts attempts");
-    let letters = daemon
-        .client()
-        .get("/v1/dead-letters")
-        .await
-        .unwrap()
-        .json();
-    let letters = letters.as_array().unwrap();
+    let letters = daemon.dead_letters(None).await;
     let mut dead: Vec<String> = letters
         .iter()
         .map(|l| l["id"].as_str().unwrap().to_string())
@@ -487,14 +480,7 @@ async fn sigterm_abandons_a_slow_attempt_after_the_drain_timeout_and_resends_it(
 #[tokio::test]
 async fn one_event_too_large_for_the_receiver_is_dead_lettered_and_the_sink_goes_on() {
     // The receiver takes at most 2 KB per request; one event alone is larger.
-    let receiver = Receiver::start(|seen, _| {
-        if seen.bytes > 2000 {
-            Reply::status(413)
-        } else {
-            Reply::ok()
-        }
-    })
-    .await;
+    let receiver = refusing_requests_over(2000).await;
     let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
     let big = "b".repeat(4000);
     let body = format!(
@@ -512,19 +498,15 @@ async fn one_event_too_large_for_the_receiver_is_dead_lettered_and_the_sink_goes
         })
         .await;
     assert_eq!(status["state"], "running");
-    let letters = daemon
-        .client()
-        .get("/v1/dead-letters?sink=remote")
-        .await
-        .unwrap()
-        .json();
+    let letters = daemon.dead_letters(Some("remote")).await;
+    assert_eq!(letters.len(), 1);
     assert_eq!(letters[0]["id"], "huge");
     assert!(
         letters[0]["reason"]
             .as_str()
             .unwrap()
             .starts_with("too large"),
-        "{letters}"
+        "{letters:?}"
     );
     assert!(!receiver.accepted_ids().contains(&"huge".to_string()));
     // The sink goes on with what comes next.

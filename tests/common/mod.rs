@@ -217,6 +217,16 @@ impl Daemon {
         self.client().get("/v1/sinks").await.unwrap().json()
     }
 
+    /// `GET /v1/dead-letters` (of one sink, or all), as a JSON array.
+    pub async fn dead_letters(&self, sink: Option<&str>) -> Vec<serde_json::Value> {
+        let path = match sink {
+            Some(sink) => format!("/v1/dead-letters?sink={sink}"),
+            None => "/v1/dead-letters".to_string(),
+        };
+        let letters = self.client().get(&path).await.unwrap().json();
+        letters.as_array().expect("a JSON array").clone()
+    }
+
     /// `GET /v1/sinks` with a bearer token.
     pub async fn sinks_with_token(&self, token: &str) -> serde_json::Value {
         let authorization = format!("Bearer {token}");
