@@ -80,8 +80,6 @@ pub struct Stats {
     pub bytes: AtomicU64,
     /// Why the last write failed, cleared by the next successful commit.
     pub last_error: Mutex<Option<String>>,
-    /// Bytes committed since the last WAL checkpoint.
-    pub written_since_checkpoint: Arc<AtomicU64>,
     /// A request was refused for the quota and none has been accepted since.
     pub full: std::sync::atomic::AtomicBool,
     /// `last_seq` for waiters: delivery loops sleep on it when caught up.
@@ -102,7 +100,6 @@ impl Stats {
             events: AtomicU64::new(events),
             bytes: AtomicU64::new(bytes),
             last_error: Mutex::new(None),
-            written_since_checkpoint: Arc::new(AtomicU64::new(0)),
             full: std::sync::atomic::AtomicBool::new(false),
             last_seq_watch: tokio::sync::watch::Sender::new(last_seq),
             requeue_watch: tokio::sync::watch::Sender::new(0),

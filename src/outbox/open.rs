@@ -300,6 +300,8 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
     let max_bytes = settings.max_bytes;
     close(connection).await;
     let connection = writer_connection(&path, config.outbox.sync)?;
+    let wal_frames = Arc::new(checkpoint::WalFrames::default());
+    wal_frames.install(&connection);
     let reserve = Arc::new(DiskReserve::new(
         &config.data_dir,
         config.outbox.min_free_disk.0,
@@ -313,7 +315,7 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
     );
     let checkpointer = checkpoint::Checkpointer::start(
         writer_connection(&path, config.outbox.sync)?,
-        stats.written_since_checkpoint.clone(),
+        wal_frames,
         reserve,
     )
     .map_err(|e| OpenError(format!("cannot start the checkpoint thread: {e}")))?;
@@ -371,8 +373,9 @@ async fn tick(commands: tokio::sync::mpsc::WeakSender<super::Command>) {
     }
 }
 
-/// A synchronous connection for the writer or the checkpointer. The WAL
-/// backstop and size limit keep the WAL near 64 MiB even under full load.
+/// A synchronous connection for the writer or the checkpointer. The
+/// checkpointer keeps the WAL small; once it starts over, the size limit
+/// gives back what a burst made it grow beyond 64 MiB.
 fn writer_connection(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection, OpenError> {
     let connection = rusqlite::Connection::open(path).map_err(|e| {
         OpenError(format!(
@@ -387,7 +390,7 @@ fn writer_connection(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection
     connection
         .execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000; \
-             PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 16384; \
+             PRAGMA cache_size = -8192; \
              PRAGMA journal_size_limit = 67108864;"
         ))
         .map_err(|e| OpenError(format!("outbox database {}: setting up the writer failed: {e}", path.display())))?;

@@ -32,11 +32,6 @@ const GC_CHUNK: i64 = 20_000;
 /// ...and while ingest is stopped for lack of disk space.
 const GC_CHUNK_TIGHT: i64 = 1_000;
 const RETRY_AFTER_FULL: Duration = Duration::from_secs(1);
-/// What a transaction that is not an append adds to the checkpointer's
-/// count (about a page): every write, not only ingest, must lead to a
-/// checkpoint, or the WAL of a daemon that only delivers and deletes grows
-/// until the disk is full (found by tests/full_disk.rs).
-const HOUSEKEEPING_WRITE_BYTES: u64 = 4096;
 
 pub struct WriterSettings {
     pub max_bytes: u64,
@@ -344,9 +339,6 @@ impl Writer {
         )?;
         tx.commit()?;
         (self.last_seq, self.events, self.bytes) = (last_seq, events, bytes);
-        self.stats
-            .written_since_checkpoint
-            .fetch_add(plan.bytes as u64, Ordering::Relaxed);
         Ok(Committed { evicted_events })
     }
 
@@ -554,13 +546,8 @@ impl Writer {
     ) -> rusqlite::Result<T> {
         let changes_before = self.connection.total_changes();
         let result = self.with_reserve(write);
-        if result.is_ok() && self.connection.total_changes() != changes_before {
-            self.stats
-                .written_since_checkpoint
-                .fetch_add(HOUSEKEEPING_WRITE_BYTES, Ordering::Relaxed);
-            if self.tight() {
-                self.reclaim_wal();
-            }
+        if result.is_ok() && self.connection.total_changes() != changes_before && self.tight() {
+            self.reclaim_wal();
         }
         result
     }
