@@ -1,9 +1,12 @@
 //! Typed configuration: defaults, loading from TOML plus `OUTBOXD_*`
-//! environment overrides, validation with key paths, and secret indirection.
+//! environment overrides, validation with key paths.
 
+use crate::outbox::OutboxConfig;
+use crate::secret::{resolve_secret, Secret};
 use crate::sinks::config::SinkConfig;
+use crate::telemetry::LogConfig;
 use crate::units::{ByteSize, HumanDuration};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -83,66 +86,11 @@ pub struct IngestConfig {
     pub allow_unauthenticated_remote: bool,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    Reject,
-    DropOldest,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// fsync the WAL at every commit: survives power loss.
-    Full,
-    /// fsync only at checkpoints: survives a process crash, not power loss.
-    Normal,
-}
-
-/// What start-up does with an outbox database SQLite reports as corrupt.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OnCorruption {
-    /// Move the files aside under `data_dir/quarantine/` and start on a fresh outbox.
-    Quarantine,
-    /// Exit with a message; an operator decides.
-    Refuse,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutboxConfig {
-    pub max_bytes: ByteSize,
-    pub when_full: WhenFull,
-    pub sync: SyncMode,
-    /// Most events one group commit takes.
-    pub commit_max_events: usize,
-    pub on_corruption: OnCorruption,
-    /// Ingest stops while less than this is left on the outbox's disk
-    /// (counting space free inside the database); 0 disables the check.
-    pub min_free_disk: ByteSize,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// TCP address for /metrics, /healthz and /readyz; "" disables it.
     pub listen: String,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// Filter used when `RUST_LOG` is not set, e.g. "info" or "outboxd=debug".
-    pub level: String,
 }
 
 impl Default for Config {
@@ -184,32 +132,10 @@ impl Default for IngestConfig {
     }
 }
 
-impl Default for OutboxConfig {
-    fn default() -> Self {
-        OutboxConfig {
-            max_bytes: ByteSize::gib(1),
-            when_full: WhenFull::Reject,
-            sync: SyncMode::Full,
-            commit_max_events: 20_000,
-            on_corruption: OnCorruption::Quarantine,
-            min_free_disk: ByteSize::mib(64),
-        }
-    }
-}
-
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9812".into(),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
         }
     }
 }
@@ -296,7 +222,8 @@ impl Config {
             ingest.auth_token.as_ref(),
             ingest.auth_token_env.as_deref(),
             ingest.auth_token_file.as_deref(),
-        )?;
+        )
+        .map_err(ConfigError)?;
         if let Some(addr) = self.http_listen() {
             if !addr.ip().is_loopback() && token.is_none() && !ingest.allow_unauthenticated_remote {
                 return Err(error_at(
@@ -402,6 +329,17 @@ impl Config {
             .map_err(|e| error_at("ingest.unix_socket_group", e))
     }
 
+    /// What the outbox needs to know: its own table plus where it lives and
+    /// how long client ids are remembered.
+    pub fn outbox_settings(&self) -> crate::outbox::Settings {
+        crate::outbox::Settings {
+            data_dir: self.data_dir.clone(),
+            outbox: self.outbox.clone(),
+            dedup_window: self.ingest.dedup_window.0,
+            dedup_max_ids: self.ingest.dedup_max_ids,
+        }
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("outbox.db")
     }
@@ -444,135 +382,6 @@ fn parse_listen(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-/// A secret value: masked whenever the config is printed or logged.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"****\"")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("****")
-    }
-}
-
-/// A URL that may carry credentials (`https://user:pass@host/`): the
-/// password is masked whenever it is printed, logged or put in an error.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(transparent)]
-pub struct MaskedUrl(String);
-
-impl MaskedUrl {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with any password replaced by `****`.
-    pub fn masked(&self) -> String {
-        mask_url(&self.0)
-    }
-}
-
-/// `text` with the password of a URL's userinfo replaced by `****`.
-pub fn mask_url(text: &str) -> String {
-    let Some(scheme_end) = text.find("://") else {
-        return text.to_string();
-    };
-    let authority_start = scheme_end + 3;
-    let authority_end = text[authority_start..]
-        .find(['/', '?', '#'])
-        .map_or(text.len(), |i| authority_start + i);
-    let Some(at) = text[authority_start..authority_end].rfind('@') else {
-        return text.to_string();
-    };
-    let userinfo = &text[authority_start..authority_start + at];
-    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-    format!(
-        "{}{user}:****{}",
-        &text[..authority_start],
-        &text[authority_start + at..]
-    )
-}
-
-impl fmt::Debug for MaskedUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.masked())
-    }
-}
-
-impl fmt::Display for MaskedUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.masked())
-    }
-}
-
-impl Serialize for MaskedUrl {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.masked())
-    }
-}
-
-/// Resolves a secret given directly (`key`), by environment variable
-/// (`key_env`) or by file (`key_file`); at most one may be set.
-pub fn resolve_secret(
-    key: &str,
-    direct: Option<&Secret>,
-    env: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Option<String>, ConfigError> {
-    let given = [direct.is_some(), env.is_some(), file.is_some()];
-    if given.iter().filter(|g| **g).count() > 1 {
-        return Err(error_at(
-            key,
-            format!("set only one of {key}, {key}_env, {key}_file"),
-        ));
-    }
-    if let Some(secret) = direct {
-        return non_empty_secret(key, secret.expose().to_string()).map(Some);
-    }
-    if let Some(var) = env {
-        let value = std::env::var(var).map_err(|_| {
-            error_at(
-                &format!("{key}_env"),
-                format!("environment variable `{var}` is not set"),
-            )
-        })?;
-        return non_empty_secret(&format!("{key}_env"), value).map(Some);
-    }
-    if let Some(path) = file {
-        let value = std::fs::read_to_string(path).map_err(|e| {
-            error_at(
-                &format!("{key}_file"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        return non_empty_secret(
-            &format!("{key}_file"),
-            value.trim_end_matches(['\n', '\r']).to_string(),
-        )
-        .map(Some);
-    }
-    Ok(None)
-}
-
-fn non_empty_secret(key: &str, value: String) -> Result<String, ConfigError> {
-    if value.is_empty() {
-        return Err(error_at(key, "the secret is empty"));
-    }
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,7 +406,7 @@ mod tests {
             config.unix_socket_path().unwrap(),
             PathBuf::from("./outboxd-data/outboxd.sock")
         );
-        assert_eq!(config.outbox.sync, SyncMode::Full);
+        assert_eq!(config.outbox.sync, crate::outbox::SyncMode::Full);
     }
 
     #[test]
@@ -820,20 +629,6 @@ mod tests {
         assert!(unit.contains("\nRuntimeDirectory=outboxd\n"));
         assert!(unit.contains("\nGroup=outboxd\n"));
         assert_eq!(config.unix_socket_mode().unwrap(), 0o660);
-    }
-
-    #[test]
-    fn urls_print_without_their_password() {
-        let cases = [
-            ("https://user:pass@host/x", "https://user:****@host/x"),
-            ("http://token@host:8080", "http://token:****@host:8080"),
-            ("http://u:p:q@host?a=b@c", "http://u:****@host?a=b@c"),
-            ("http://host/path@x", "http://host/path@x"),
-            ("not a url", "not a url"),
-        ];
-        for (given, masked) in cases {
-            assert_eq!(mask_url(given), masked);
-        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
     let drain_timeout = config.shutdown.drain_timeout.0;
-    let opened = outbox::open(&config).await?;
+    let opened = outbox::open(&config.outbox_settings()).await?;
     let signals = install_signals()?;
     let trigger = ShutdownTrigger::new();
     let sinks: SinkRegistry = Arc::new(

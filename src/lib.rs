@@ -5,6 +5,7 @@
 //! reported on through [`ops`]. See ARCHITECTURE.md for the map.
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
@@ -15,6 +16,7 @@ pub mod ops;
 pub mod outbox;
 pub mod remote;
 pub mod salvage;
+pub mod secret;
 pub mod send;
 pub mod shutdown;
 pub mod sinks;

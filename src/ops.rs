@@ -1,7 +1,8 @@
 //! The operations listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
 
+use crate::clock::now_ms;
 use crate::ingest::admin::{lag, SinkRegistry};
-use crate::outbox::{now_ms, Outbox};
+use crate::outbox::Outbox;
 use crate::telemetry::names;
 use axum::extract::State;
 use axum::http::{header, StatusCode};

@@ -47,7 +47,7 @@ fn text(value: &Value) -> String {
 
 fn ago(ms: &Value) -> String {
     match ms.as_i64() {
-        Some(ms) => format!("{}s ago", ((crate::outbox::now_ms() - ms) / 1000).max(0)),
+        Some(ms) => format!("{}s ago", ((crate::clock::now_ms() - ms) / 1000).max(0)),
         None => "-".into(),
     }
 }

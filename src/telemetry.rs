@@ -1,7 +1,8 @@
-//! Metric names in one place, the Prometheus recorder, and logging set-up.
+//! Metric names in one place, the Prometheus recorder, and logging set-up
+//! (the `[log]` table).
 
-use crate::config::{LogConfig, LogFormat};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
 pub mod names {
@@ -184,5 +185,29 @@ pub fn init_logging(log: &LogConfig) {
     };
     if let Err(e) = result {
         eprintln!("logging was already set up: {e}");
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// Filter used when `RUST_LOG` is not set, e.g. "info" or "outboxd=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }

@@ -376,7 +376,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let run_id: Arc<str> = Arc::from(format!(
         "{:x}.{}",
-        outboxd::outbox::now_ms(),
+        outboxd::clock::now_ms(),
         std::process::id()
     ));
     let stop = Arc::new(AtomicBool::new(false));

@@ -2,7 +2,7 @@
 //! and `min_fidelity`. Skipped events still advance the sink's cursor.
 
 use crate::event::Fidelity;
-use crate::outbox::StoredEvent;
+use crate::event::StoredEvent;
 use crate::sinks::config::SinkConfig;
 use glob::Pattern;
 
@@ -44,6 +44,7 @@ mod tests {
             seq: 1,
             event_type: event_type.into(),
             fidelity,
+            session_id: None,
             received_ms: 0,
             body: b"{}".to_vec(),
         }

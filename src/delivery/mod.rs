@@ -10,10 +10,13 @@ mod backoff;
 mod filter;
 pub mod status;
 
+use crate::clock::now_ms;
+use crate::event::StoredEvent;
+use crate::format::Compression;
 use crate::format::{encode, EncodedBatch};
-use crate::outbox::{now_ms, Outbox, SinkOp, StoredEvent};
+use crate::outbox::{Outbox, SinkOp};
 use crate::shutdown::Shutdown;
-use crate::sinks::config::{Compression, SinkConfig};
+use crate::sinks::config::SinkConfig;
 use crate::sinks::{Outcome, Sink};
 use crate::telemetry::names;
 use filter::Filter;

@@ -1,7 +1,7 @@
 //! What a sink's loop reports about itself, for `GET /v1/sinks`,
 //! `outboxd status` and the per-sink metrics.
 
-use crate::outbox::now_ms;
+use crate::clock::now_ms;
 use crate::telemetry::names;
 use serde::Serialize;
 use std::sync::Mutex;

@@ -80,5 +80,17 @@ impl Event {
     }
 }
 
+/// An event as read back from the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event_type: String,
+    pub fidelity: Fidelity,
+    pub session_id: Option<String>,
+    pub received_ms: i64,
+    /// The canonical JSON envelope.
+    pub body: Vec<u8>,
+}
+
 /// Per-event allowance for row and index overhead in the byte quota.
 pub const ROW_OVERHEAD_BYTES: u64 = 64;

@@ -6,6 +6,7 @@
 
 use super::json::{check_depth, push_compact};
 use super::{Event, Fidelity};
+use crate::clock::format_time_ms;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -677,21 +678,6 @@ fn fill_cloudevent<'a>(envelope: &mut Envelope<'a>, fields: Fields<'a>) -> Resul
         return Err(invalid("CloudEvents field `source` is missing"));
     }
     Ok(())
-}
-
-/// Formats unix milliseconds as RFC 3339 UTC with millisecond precision.
-pub fn format_time_ms(ms: i64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    let time =
-        OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let (y, mo, d) = (time.year(), time.month() as u8, time.day());
-    let (h, mi, s, milli) = (
-        time.hour(),
-        time.minute(),
-        time.second(),
-        time.millisecond(),
-    );
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
 }
 
 #[cfg(test)]

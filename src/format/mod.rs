@@ -2,10 +2,27 @@
 //! array, optionally gzip or zstd compressed. Deterministic: the same range
 //! always encodes to the same bytes, so a retried batch is the same object.
 
-use crate::outbox::StoredEvent;
-use crate::sinks::config::{BodyFormat, Compression};
+use crate::event::StoredEvent;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// One stored event per line.
+    Ndjson,
+    /// A JSON array of stored events.
+    JsonArray,
+}
 
 /// One batch, encoded and ready to send.
 #[derive(Debug, Clone)]
@@ -114,6 +131,7 @@ mod tests {
             seq,
             event_type: "t".into(),
             fidelity: Fidelity::Committed,
+            session_id: None,
             received_ms: 1000 * seq,
             body: body.as_bytes().to_vec(),
         }

@@ -3,8 +3,9 @@
 
 use super::error::IngestError;
 use super::IngestState;
+use crate::clock::now_ms;
 use crate::delivery::status::SinkStatus;
-use crate::outbox::{now_ms, Outbox, SinkOp};
+use crate::outbox::{Outbox, SinkOp};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;

@@ -9,9 +9,10 @@ pub mod decode;
 mod error;
 pub mod listen;
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::event::parse::{parse_body, Format, Limits};
-use crate::outbox::{now_ms, Outbox};
+use crate::outbox::Outbox;
 use crate::telemetry::names;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};

@@ -132,7 +132,7 @@ pub fn next_seq_after(db: &Path) -> i64 {
     if let Some(last) = read("SELECT last_seq FROM outbox_state WHERE singleton = 0") {
         return last.saturating_add(1);
     }
-    let clock = super::now_ms().saturating_mul(1000);
+    let clock = crate::clock::now_ms().saturating_mul(1000);
     [
         "SELECT MAX(seq) FROM events",
         "SELECT MAX(seq) FROM dedup",
@@ -225,6 +225,6 @@ mod tests {
         assert_ne!(again.file, moved.file);
         // Unreadable: the floor comes from the clock.
         std::fs::write(&db, b"garbage").unwrap();
-        assert!(next_seq_after(&db) > super::super::now_ms());
+        assert!(next_seq_after(&db) > crate::clock::now_ms());
     }
 }

@@ -12,11 +12,13 @@ pub mod progress;
 mod read;
 pub mod reserve;
 pub mod retention;
+mod settings;
 mod writer;
 
 pub use open::{open, OpenError, Opened};
 pub use progress::SinkOp;
-pub use read::{format_key_time, DeadLetter, SinkCursor, StoredEvent};
+pub use read::{DeadLetter, SinkCursor};
+pub use settings::{OnCorruption, OutboxConfig, Settings, SyncMode, WhenFull};
 
 use crate::event::Event;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -208,12 +210,4 @@ impl Outbox {
             .fetch_optional(&self.readers)
             .await
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

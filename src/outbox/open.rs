@@ -6,8 +6,8 @@ use super::checkpoint;
 use super::integrity::{self, Quarantined};
 use super::reserve::DiskReserve;
 use super::writer::{Writer, WriterSettings};
+use super::{OnCorruption, Settings, SyncMode};
 use super::{Outbox, Stats};
-use crate::config::{Config, OnCorruption, SyncMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 use std::fs::File;
@@ -218,7 +218,7 @@ pub fn connect_options(path: &Path, sync: SyncMode) -> SqliteConnectOptions {
 }
 
 /// Opens (creating if needed) the outbox under `config.data_dir` and starts its writer.
-pub async fn open(config: &Config) -> Result<Opened, OpenError> {
+pub async fn open(config: &Settings) -> Result<Opened, OpenError> {
     let lock = lock_data_dir(&config.data_dir)?;
     let path: PathBuf = config.database_path();
     let options = connect_options(&path, config.outbox.sync);
@@ -296,7 +296,7 @@ pub async fn open(config: &Config) -> Result<Opened, OpenError> {
     stats.quarantine = quarantine_notice(&config.data_dir, quarantined.as_ref());
     let stats = Arc::new(stats);
     let (commands, inbox) = tokio::sync::mpsc::channel(1024);
-    let settings = WriterSettings::from_config(config);
+    let settings = WriterSettings::new(config);
     let max_bytes = settings.max_bytes;
     close(connection).await;
     let connection = writer_connection(&path, config.outbox.sync)?;

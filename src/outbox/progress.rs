@@ -2,7 +2,7 @@
 //! batch's range before its first attempt, advancing cursors, dead letters
 //! and their replay, and deleting what [`super::retention`] allows.
 
-use super::now_ms;
+use crate::clock::now_ms;
 use crate::event::ROW_OVERHEAD_BYTES;
 use rusqlite::{params, Transaction};
 

@@ -3,27 +3,17 @@
 //! known seq and stops at a limit.
 
 use super::Outbox;
-use crate::event::Fidelity;
+use crate::event::{Fidelity, StoredEvent};
 use serde::Serialize;
 
-/// An event as read back from the outbox.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredEvent {
-    pub seq: i64,
-    pub event_type: String,
-    pub fidelity: Fidelity,
-    pub received_ms: i64,
-    /// The canonical JSON envelope.
-    pub body: Vec<u8>,
-}
+type Row = (i64, String, i64, Option<String>, i64, Vec<u8>);
 
-type Row = (i64, String, i64, i64, Vec<u8>);
-
-fn stored((seq, event_type, fidelity, received_ms, body): Row) -> StoredEvent {
+fn stored((seq, event_type, fidelity, session_id, received_ms, body): Row) -> StoredEvent {
     StoredEvent {
         seq,
         event_type,
         fidelity: Fidelity::from_i64(fidelity).unwrap_or(Fidelity::Committed),
+        session_id,
         received_ms,
         body,
     }
@@ -57,7 +47,7 @@ impl Outbox {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, type, fidelity, received_ms, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, type, fidelity, session_id, received_ms, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(after)
         .bind(limit)
@@ -69,7 +59,7 @@ impl Outbox {
     /// The events of `[first, last]` still in the outbox.
     pub async fn read_range(&self, first: i64, last: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, type, fidelity, received_ms, body FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+            "SELECT seq, type, fidelity, session_id, received_ms, body FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
         )
         .bind(first)
         .bind(last)
@@ -105,7 +95,7 @@ impl Outbox {
         sink: &str,
     ) -> Result<Option<StoredEvent>, sqlx::Error> {
         let row: Option<Row> = sqlx::query_as(
-            "SELECT seq, type, fidelity, received_ms, body FROM dead_letters WHERE sink = ? AND requeued = 1 ORDER BY seq LIMIT 1",
+            "SELECT seq, type, fidelity, json_extract(body, '$.session_id'), received_ms, body FROM dead_letters WHERE sink = ? AND requeued = 1 ORDER BY seq LIMIT 1",
         )
         .bind(sink)
         .fetch_optional(&self.readers)
@@ -148,16 +138,4 @@ impl Outbox {
             .fetch_one(&self.readers)
             .await
     }
-}
-
-/// `[yyyy, mm, dd, hh]` of unix milliseconds, UTC (for object keys).
-pub fn format_key_time(ms: i64) -> [String; 4] {
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    [
-        format!("{:04}", time.year()),
-        format!("{:02}", time.month() as u8),
-        format!("{:02}", time.day()),
-        format!("{:02}", time.hour()),
-    ]
 }

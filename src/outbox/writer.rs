@@ -14,8 +14,9 @@ use super::integrity;
 use super::progress::{self, SinkOp};
 use super::reserve::{self, DiskReserve};
 use super::retention;
-use super::{now_ms, AppendAck, AppendError, Command, Stats};
-use crate::config::{Config, WhenFull};
+use super::{AppendAck, AppendError, Command, Stats};
+use super::{Settings, WhenFull};
+use crate::clock::now_ms;
 use crate::event::{Event, ROW_OVERHEAD_BYTES};
 use crate::telemetry::names;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -44,15 +45,15 @@ pub struct WriterSettings {
 }
 
 impl WriterSettings {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn new(settings: &Settings) -> Self {
         WriterSettings {
-            max_bytes: config.outbox.max_bytes.0,
-            when_full: config.outbox.when_full,
-            commit_max_events: config.outbox.commit_max_events,
-            dedup_window_ms: config.ingest.dedup_window.0.as_millis() as i64,
-            dedup_max_ids: config.ingest.dedup_max_ids as i64,
-            data_dir: config.data_dir.clone(),
-            min_free_disk: config.outbox.min_free_disk.0,
+            max_bytes: settings.outbox.max_bytes.0,
+            when_full: settings.outbox.when_full,
+            commit_max_events: settings.outbox.commit_max_events,
+            dedup_window_ms: settings.dedup_window.as_millis() as i64,
+            dedup_max_ids: settings.dedup_max_ids as i64,
+            data_dir: settings.data_dir.clone(),
+            min_free_disk: settings.outbox.min_free_disk.0,
         }
     }
 }

@@ -7,25 +7,9 @@
 
 use super::{file::FileConfig, http::HttpConfig, s3::S3Config};
 use crate::event::Fidelity;
+use crate::format::{BodyFormat, Compression};
 use crate::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum BodyFormat {
-    /// One stored event per line.
-    Ndjson,
-    /// A JSON array of stored events.
-    JsonArray,
-}
 
 /// Batch bounds: a batch is sent when any is reached.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -2,8 +2,8 @@
 //! `Idempotency-Key` derived from the sink name and the fixed range, so
 //! every retry (and every retry after a restart) carries the same key.
 
-use crate::config::{resolve_secret, MaskedUrl, Secret};
 use crate::format::EncodedBatch;
+use crate::secret::{resolve_secret, MaskedUrl, Secret};
 use crate::sinks::Outcome;
 use crate::units::HumanDuration;
 use serde::{Deserialize, Serialize};

@@ -2,9 +2,9 @@
 //! range, so a retried or replayed batch overwrites the same key and never
 //! leaves a duplicate object. Objects over 8 MiB go up as multipart uploads.
 
-use crate::config::{resolve_secret, MaskedUrl, Secret};
+use crate::clock::format_key_time;
 use crate::format::EncodedBatch;
-use crate::outbox::format_key_time;
+use crate::secret::{resolve_secret, MaskedUrl, Secret};
 use crate::sinks::Outcome;
 use crate::units::HumanDuration;
 use s3::command::Command;
