@@ -13,7 +13,7 @@ pub mod status;
 use crate::clock::now_ms;
 use crate::event::StoredEvent;
 use crate::format::Compression;
-use crate::format::{encode, EncodedBatch};
+use crate::format::{encode, EncodedBatch, Encoder};
 use crate::outbox::{Outbox, SinkOp};
 use crate::shutdown::Shutdown;
 use crate::sinks::config::SinkConfig;
@@ -65,6 +65,7 @@ struct Batch {
 pub struct Delivery {
     name: String,
     config: SinkConfig,
+    encoder: Box<dyn Encoder>,
     sink: Sink,
     outbox: Outbox,
     status: Arc<SinkStatus>,
@@ -86,6 +87,7 @@ impl Delivery {
         Delivery {
             name: name.to_string(),
             filter: Filter::new(&config),
+            encoder: config.format.encoder(),
             config,
             sink,
             outbox,
@@ -232,7 +234,7 @@ impl Delivery {
                 &batch.selected,
                 batch.first,
                 batch.last,
-                self.config.format,
+                &*self.encoder,
                 self.config.compression,
             );
             if !may_shrink || encoded.body.len() <= max || batch.selected.len() == 1 {
@@ -332,7 +334,7 @@ impl Delivery {
                 std::slice::from_ref(&event),
                 seq,
                 seq,
-                self.config.format,
+                &*self.encoder,
                 self.config.compression,
             );
             let op = match self.attempt(&encoded, false).await {

@@ -173,7 +173,7 @@ impl S3Sink {
             .replace("{first_seq}", &batch.first_seq.to_string())
             .replace("{last_seq}", &batch.last_seq.to_string())
             .replace("{sink}", &self.name)
-            .replace("{ext}", batch.extension)
+            .replace("{ext}", &batch.extension)
     }
 
     /// With `create_bucket`: looks for the bucket first (HeadBucket) and

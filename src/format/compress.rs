@@ -1,0 +1,32 @@
+//! The optional compression of an encoded body; deterministic levels so a
+//! retried batch compresses to the same bytes.
+
+use super::Compression;
+use std::io::Write;
+
+/// The body, its `Content-Encoding` and the file-name suffix it adds.
+pub fn compress(
+    plain: Vec<u8>,
+    compression: Compression,
+) -> (Vec<u8>, Option<&'static str>, &'static str) {
+    match compression {
+        Compression::None => (plain, None, ""),
+        Compression::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(plain.len() / 4),
+                flate2::Compression::new(6),
+            );
+            encoder.write_all(&plain).expect("writing to memory");
+            (
+                encoder.finish().expect("writing to memory"),
+                Some("gzip"),
+                ".gz",
+            )
+        }
+        Compression::Zstd => (
+            zstd::bulk::compress(&plain, 3).expect("compressing in memory"),
+            Some("zstd"),
+            ".zst",
+        ),
+    }
+}
