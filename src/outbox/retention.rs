@@ -1,30 +1,94 @@
 //! The one rule for what may be deleted from the outbox.
 //!
-//! An event may go once every configured sink's cursor is past it. With no
-//! sink configured nothing is deleted here (the quota's `drop_oldest` is the
-//! only other way out). Holds planned for later (the change feed's retention
-//! window, sessions still open for a session-assembling format) join this
-//! function as further lower bounds; nothing else in the code deletes events.
+//! Nothing else in the code decides to delete events (the quota's
+//! `drop_oldest` eviction is the only other way out, and it is a refusal to
+//! keep, not a decision that an event is done). Every reason to keep an
+//! event is a [`Holds`] field, and [`deletable_upto`] is the lowest of them.
+//!
+//! Dead letters never hold events back: dead-lettering copies the event into
+//! its own table in the same transaction that moves the cursor past it.
 
 use std::collections::BTreeMap;
 
+/// Everything that may keep events in the outbox.
+#[derive(Debug, Default, Clone)]
+pub struct Holds {
+    /// Each configured sink's cursor: every event at or below it is
+    /// delivered or dead-lettered. A sink that has delivered nothing (0)
+    /// holds everything.
+    pub cursors: BTreeMap<String, i64>,
+    /// The first seq still needed by a session that is not yet written
+    /// (a session-assembling format reads a whole session when it ends, so
+    /// its events stay past that sink's cursor).
+    pub open_sessions_from: Option<i64>,
+    /// The first seq the change feed must keep replayable (`feed.retain`).
+    pub feed_from: Option<i64>,
+}
+
 /// The highest seq that may be deleted, if any.
-pub fn deletable_upto(cursors: &BTreeMap<String, i64>) -> Option<i64> {
-    cursors.values().copied().min().filter(|seq| *seq > 0)
+pub fn deletable_upto(holds: &Holds) -> Option<i64> {
+    // With no sink nothing is ever delivered, so nothing is done with.
+    let delivered = holds.cursors.values().copied().min()?;
+    let kept_from = [holds.open_sessions_from, holds.feed_from]
+        .into_iter()
+        .flatten()
+        .min();
+    let upto = match kept_from {
+        Some(first_kept) => delivered.min(first_kept - 1),
+        None => delivered,
+    };
+    (upto > 0).then_some(upto)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn sinks(cursors: &[(&str, i64)]) -> Holds {
+        Holds {
+            cursors: cursors.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+            ..Holds::default()
+        }
+    }
+
     #[test]
-    fn the_slowest_sink_decides_and_no_sink_keeps_everything() {
-        let mut cursors = BTreeMap::new();
-        assert_eq!(deletable_upto(&cursors), None);
-        cursors.insert("fast".to_string(), 900);
-        cursors.insert("slow".to_string(), 120);
-        assert_eq!(deletable_upto(&cursors), Some(120));
-        cursors.insert("new".to_string(), 0);
-        assert_eq!(deletable_upto(&cursors), None);
+    fn no_sink_keeps_everything() {
+        assert_eq!(deletable_upto(&Holds::default()), None);
+        // Even when the other holds would allow some.
+        let holds = Holds {
+            feed_from: Some(50),
+            ..Holds::default()
+        };
+        assert_eq!(deletable_upto(&holds), None);
+    }
+
+    #[test]
+    fn the_slowest_sink_cursor_holds() {
+        assert_eq!(
+            deletable_upto(&sinks(&[("fast", 900), ("slow", 120)])),
+            Some(120)
+        );
+        assert_eq!(deletable_upto(&sinks(&[("fast", 900), ("new", 0)])), None);
+    }
+
+    #[test]
+    fn an_open_session_holds_its_events_past_the_cursor() {
+        let mut holds = sinks(&[("sessions", 900)]);
+        holds.open_sessions_from = Some(300);
+        assert_eq!(deletable_upto(&holds), Some(299));
+        holds.open_sessions_from = Some(1);
+        assert_eq!(deletable_upto(&holds), None);
+        // A session opened after the cursor holds nothing the cursor does not.
+        holds.open_sessions_from = Some(2000);
+        assert_eq!(deletable_upto(&holds), Some(900));
+    }
+
+    #[test]
+    fn the_feed_window_holds_delivered_events() {
+        let mut holds = sinks(&[("s3", 900)]);
+        holds.feed_from = Some(701);
+        assert_eq!(deletable_upto(&holds), Some(700));
+        holds.open_sessions_from = Some(500);
+        assert_eq!(deletable_upto(&holds), Some(499), "the lowest hold wins");
     }
 }

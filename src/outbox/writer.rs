@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::event::{Event, ROW_OVERHEAD_BYTES};
 use crate::telemetry::names;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,7 +68,7 @@ pub struct Writer {
     /// Never goes back, even if the wall clock does: dedup expiry relies on it.
     last_ms: i64,
     /// Cursors of the configured sinks (see `retention`).
-    cursors: BTreeMap<String, i64>,
+    holds: retention::Holds,
     /// Everything up to here that retention allowed is deleted.
     collected_upto: i64,
     reserve: Arc<DiskReserve>,
@@ -133,14 +133,14 @@ impl Writer {
             events,
             bytes,
             last_ms: now_ms(),
-            cursors: BTreeMap::new(),
+            holds: retention::Holds::default(),
             collected_upto: 0,
             reserve,
         }
     }
 
     fn gc_due(&self) -> bool {
-        retention::deletable_upto(&self.cursors).is_some_and(|upto| upto > self.collected_upto)
+        retention::deletable_upto(&self.holds).is_some_and(|upto| upto > self.collected_upto)
     }
 
     /// Runs until every [`super::Outbox`] handle is dropped, then closes the database.
@@ -357,13 +357,13 @@ impl Writer {
         match result {
             Ok((count, cursor, registered)) => {
                 if let Some(registered) = registered {
-                    self.cursors = registered.into_iter().collect();
+                    self.holds.cursors = registered.into_iter().collect();
                 }
                 if matches!(op, SinkOp::Requeue { .. }) && count > 0 {
                     self.stats.requeue_watch.send_modify(|n| *n += 1);
                 }
                 if let (Some(cursor), Some(sink)) = (cursor, op.sink()) {
-                    if let Some(stored) = self.cursors.get_mut(sink) {
+                    if let Some(stored) = self.holds.cursors.get_mut(sink) {
                         *stored = (*stored).max(cursor);
                     }
                 }
@@ -379,7 +379,7 @@ impl Writer {
 
     /// Deletes one chunk of what retention allows.
     fn collect(&mut self) {
-        let Some(upto) = retention::deletable_upto(&self.cursors) else {
+        let Some(upto) = retention::deletable_upto(&self.holds) else {
             return;
         };
         // On a tight disk, small steps: each one's WAL is truncated before
