@@ -473,7 +473,11 @@ mod tests {
             &secret.display().to_string(),
         );
         let config = load_text(&text, &[]).unwrap();
-        assert_eq!(config.sinks.len(), 3);
+        assert_eq!(config.sinks.len(), 4);
+        assert_eq!(
+            config.sinks["training"].format,
+            crate::format::BodyFormat::OpenaiChat
+        );
         let lake = &config.sinks["lake"];
         assert_eq!(lake.batch.max_age, HumanDuration::secs(60));
         assert_eq!(config.sinks["ingest"].retry.max_attempts, Some(20));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{binary, sample, Daemon};
+use common::{binary, check_config, sample, Daemon};
 use hyper::StatusCode;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -145,23 +145,6 @@ async fn metrics_pass_promtool_and_show_the_counts() {
     assert_eq!(ready.status, StatusCode::OK);
     let health = daemon.metrics_client().get("/healthz").await.unwrap();
     assert_eq!(health.status, StatusCode::OK);
-}
-
-fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, text).unwrap();
-    let output = Command::new(binary())
-        .arg("check-config")
-        .arg(&path)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[test]

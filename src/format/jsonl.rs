@@ -8,14 +8,6 @@ pub struct Ndjson;
 pub struct JsonArray;
 
 impl Encoder for Ndjson {
-    fn content_type(&self) -> &'static str {
-        "application/x-ndjson"
-    }
-
-    fn extension(&self) -> &'static str {
-        ".jsonl"
-    }
-
     fn write(&self, events: &[StoredEvent], out: &mut Vec<u8>) {
         for event in events {
             push_with_seq(out, event.seq, &event.body);

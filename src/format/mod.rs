@@ -6,6 +6,7 @@
 
 mod compress;
 mod jsonl;
+pub mod openai;
 
 use crate::event::StoredEvent;
 use bytes::Bytes;
@@ -28,14 +29,21 @@ pub enum BodyFormat {
     Ndjson,
     /// A JSON array of stored events.
     JsonArray,
+    /// One OpenAI chat-completions message per event (training records).
+    OpenaiChat,
 }
 
-/// One format: how a batch of events becomes a body.
+/// One format: how a batch of events becomes a body. Most formats write
+/// one JSON line per record, the default content type and extension.
 pub trait Encoder: Send + Sync {
     /// `Content-Type` of the uncompressed body.
-    fn content_type(&self) -> &'static str;
+    fn content_type(&self) -> &'static str {
+        "application/x-ndjson"
+    }
     /// File-name ending before any compression's: `.jsonl`, `.json`.
-    fn extension(&self) -> &'static str;
+    fn extension(&self) -> &'static str {
+        ".jsonl"
+    }
     /// Appends the body for `events` (already filtered, in seq order).
     fn write(&self, events: &[StoredEvent], out: &mut Vec<u8>);
 }
@@ -45,6 +53,16 @@ impl BodyFormat {
         match self {
             BodyFormat::Ndjson => Box::new(jsonl::Ndjson),
             BodyFormat::JsonArray => Box::new(jsonl::JsonArray),
+            BodyFormat::OpenaiChat => Box::new(openai::chat::OpenAiChat),
+        }
+    }
+
+    /// Event types a sink in this format leaves out unless its
+    /// `exclude_types` says otherwise: keep-alives are not conversation.
+    pub fn default_exclude_types(self) -> Vec<String> {
+        match self {
+            BodyFormat::Ndjson | BodyFormat::JsonArray => Vec::new(),
+            BodyFormat::OpenaiChat => vec!["heartbeat".into(), "*.heartbeat".into()],
         }
     }
 }

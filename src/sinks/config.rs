@@ -89,8 +89,8 @@ struct RawSink {
     kind: SinkKind,
     #[serde(default)]
     include_types: Vec<String>,
-    #[serde(default)]
-    exclude_types: Vec<String>,
+    /// Unset: the format's default (see `BodyFormat::default_exclude_types`).
+    exclude_types: Option<Vec<String>>,
     #[serde(default = "default_fidelity")]
     min_fidelity: Fidelity,
     format: Option<BodyFormat>,
@@ -154,16 +154,20 @@ impl<'de> Deserialize<'de> for SinkConfig {
         }
         .map_err(|e| D::Error::custom(format!("{} sink: {e}", raw.kind.as_str())))?;
         let defaults = raw.kind.default_batch();
-        for pattern in raw.include_types.iter().chain(&raw.exclude_types) {
+        let format = raw.format.unwrap_or(BodyFormat::Ndjson);
+        let exclude_types = raw
+            .exclude_types
+            .unwrap_or_else(|| format.default_exclude_types());
+        for pattern in raw.include_types.iter().chain(&exclude_types) {
             glob::Pattern::new(pattern)
                 .map_err(|e| D::Error::custom(format!("`{pattern}` is not a glob pattern: {e}")))?;
         }
         Ok(SinkConfig {
             kind: raw.kind,
             include_types: raw.include_types,
-            exclude_types: raw.exclude_types,
+            exclude_types,
             min_fidelity: raw.min_fidelity,
-            format: raw.format.unwrap_or(BodyFormat::Ndjson),
+            format,
             compression: raw.compression,
             batch: BatchConfig {
                 max_events: raw.batch.max_events.unwrap_or(defaults.max_events),
