@@ -9,7 +9,7 @@ use crate::ops::{self, OpsState};
 use crate::outbox::{integrity, Outbox, SinkOp};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::sinks::Sink;
-use crate::{outbox, telemetry};
+use crate::{outbox, service, telemetry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -79,6 +79,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let trigger = Arc::new(trigger);
     tokio::spawn(watch_signals(trigger.clone(), signals));
     tracing::info!(last_seq = opened.outbox.last_seq(), "outboxd ready");
+    service::ready(&opened.outbox);
+    tokio::spawn(service::keep_alive(
+        opened.outbox.clone(),
+        trigger.subscribe(),
+    ));
 
     // Listeners stop only on shutdown; one failing early shuts the rest down too.
     let mut shutdown: Shutdown = trigger.subscribe();
@@ -96,6 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     trigger.fire();
+    service::stopping();
     tracing::info!("shutting down: no new requests; finishing those in flight");
     let drained = tokio::time::timeout(drain_timeout, async {
         while let Some(result) = servers.join_next().await {

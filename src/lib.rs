@@ -18,6 +18,7 @@ pub mod remote;
 pub mod salvage;
 pub mod secret;
 pub mod send;
+pub mod service;
 pub mod shutdown;
 pub mod sinks;
 pub mod telemetry;

@@ -15,6 +15,13 @@ if ! command -v promtool >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# systemd-analyze (Debian package systemd) verifies the shipped unit.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "tests/run.sh: installing systemd-analyze (Debian package systemd)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+
 # s3s-fs: an S3-compatible server that checks signatures, for the S3 sink tests.
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 if ! command -v s3s-fs >/dev/null 2>&1; then

@@ -154,6 +154,15 @@ impl Outbox {
 
     /// Ok when the writer answers promptly and its last write succeeded.
     pub async fn check_writable(&self) -> Result<(), String> {
+        match self.probe_writer().await? {
+            Some(last_error) => Err(last_error),
+            None => Ok(()),
+        }
+    }
+
+    /// Err when the writer thread does not answer within 2 s (stopped or
+    /// wedged); otherwise the error of its last write, if that failed.
+    pub async fn probe_writer(&self) -> Result<Option<String>, String> {
         let (reply, answer) = oneshot::channel();
         let probe = async {
             self.commands
@@ -162,10 +171,10 @@ impl Outbox {
                 .map_err(|_| "the outbox writer has stopped".to_string())?;
             answer
                 .await
-                .map_err(|_| "the outbox writer has stopped".to_string())?
+                .map_err(|_| "the outbox writer has stopped".to_string())
         };
         match tokio::time::timeout(Duration::from_secs(2), probe).await {
-            Ok(result) => result,
+            Ok(answered) => answered.map(|state| state.err()),
             Err(_) => Err("the outbox writer did not answer within 2s".into()),
         }
     }

@@ -94,6 +94,11 @@ impl Daemon {
 
     /// Starts the binary and waits until it answers.
     pub async fn spawn(&mut self) {
+        self.spawn_with_env(&[]).await
+    }
+
+    /// `spawn` with extra environment variables.
+    pub async fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -104,6 +109,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
