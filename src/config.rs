@@ -489,6 +489,7 @@ mod tests {
     fn sink_errors_name_the_sink_and_key() {
         let cases = [
             ("[sinks.a]\nkind = \"ftp\"\n", "sinks.a"),
+            ("[sinks.a]\nkind = \"ftp\"\n", "unknown sink kind `ftp`, expected one of `s3`, `http`, `file`"),
             ("[sinks.a]\nkind = \"file\"\ndirr = \"x\"\n", "dirr"),
             ("[sinks.a]\nkind = \"http\"\nurl = \"not a url\"\n", "sinks.a.url"),
             ("[sinks.a]\nkind = \"http\"\nurl = \"http://x\"\n[sinks.a.batch]\nmax_events = 0\n", "sinks.a.batch.max_events"),

@@ -82,6 +82,19 @@ pub struct EncodedBatch {
     pub extension: String,
 }
 
+/// A seq as it appears in names: 20 digits, so names sort in seq order.
+pub fn seq_key(seq: i64) -> String {
+    format!("{seq:020}")
+}
+
+impl EncodedBatch {
+    /// `{first_seq:020}-{last_seq:020}`: names the batch's fixed range in file
+    /// names, object keys and idempotency keys, the same on every attempt.
+    pub fn range_key(&self) -> String {
+        format!("{}-{}", seq_key(self.first_seq), seq_key(self.last_seq))
+    }
+}
+
 /// Encodes `events` (already filtered) of the fixed range `[first_seq, last_seq]`.
 pub fn encode(
     events: &[StoredEvent],
@@ -157,6 +170,22 @@ mod tests {
         let parsed: Vec<serde_json::Value> = serde_json::from_slice(&array.body).unwrap();
         assert_eq!(parsed[1]["seq"], 9);
         assert_eq!(array.extension, ".json");
+    }
+
+    #[test]
+    fn ranges_are_named_with_20_digit_seqs() {
+        let batch = encode(
+            &[stored(7, "{}")],
+            7,
+            12345,
+            &*BodyFormat::Ndjson.encoder(),
+            Compression::None,
+        );
+        assert_eq!(
+            batch.range_key(),
+            "00000000000000000007-00000000000000012345"
+        );
+        assert_eq!(seq_key(i64::MAX), "09223372036854775807", "every seq fits");
     }
 
     #[test]

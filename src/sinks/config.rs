@@ -5,7 +5,7 @@
 //! below apply to every kind, and the remaining keys must all be known to
 //! that kind's own config (unknown ones are errors).
 
-use super::{file::FileConfig, http::HttpConfig, s3::S3Config};
+use super::{Protocol, SinkKind};
 use crate::event::Fidelity;
 use crate::format::{BodyFormat, Compression};
 use crate::units::{ByteSize, HumanDuration};
@@ -59,22 +59,6 @@ pub struct SinkConfig {
     pub protocol: Protocol,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    S3,
-    Http,
-    File,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(untagged)]
-pub enum Protocol {
-    S3(S3Config),
-    Http(HttpConfig),
-    File(FileConfig),
-}
-
 /// Batch bounds given in the config; unset ones take the kind's default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,47 +96,13 @@ fn default_compression() -> Compression {
     Compression::None
 }
 
-impl SinkKind {
-    fn default_batch(self) -> BatchConfig {
-        match self {
-            SinkKind::S3 => BatchConfig {
-                max_events: 100_000,
-                max_bytes: ByteSize::mib(8),
-                max_age: HumanDuration::secs(60),
-            },
-            SinkKind::Http => BatchConfig {
-                max_events: 1000,
-                max_bytes: ByteSize::mib(1),
-                max_age: HumanDuration::secs(1),
-            },
-            SinkKind::File => BatchConfig {
-                max_events: 10_000,
-                max_bytes: ByteSize::mib(8),
-                max_age: HumanDuration::secs(1),
-            },
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SinkKind::S3 => "s3",
-            SinkKind::Http => "http",
-            SinkKind::File => "file",
-        }
-    }
-}
-
 impl<'de> Deserialize<'de> for SinkConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let raw = RawSink::deserialize(deserializer)?;
         let rest = serde_json::Value::Object(raw.rest);
-        let protocol = match raw.kind {
-            SinkKind::S3 => serde_json::from_value(rest).map(Protocol::S3),
-            SinkKind::Http => serde_json::from_value(rest).map(Protocol::Http),
-            SinkKind::File => serde_json::from_value(rest).map(Protocol::File),
-        }
-        .map_err(|e| D::Error::custom(format!("{} sink: {e}", raw.kind.as_str())))?;
+        let protocol = Protocol::parse(raw.kind, rest)
+            .map_err(|e| D::Error::custom(format!("{} sink: {e}", raw.kind.as_str())))?;
         let defaults = raw.kind.default_batch();
         let format = raw.format.unwrap_or(BodyFormat::Ndjson);
         let exclude_types = raw
@@ -215,10 +165,6 @@ impl SinkConfig {
                 key("retry.max_attempts")
             ));
         }
-        match &self.protocol {
-            Protocol::S3(s3) => s3.validate(name),
-            Protocol::Http(http) => http.validate(name),
-            Protocol::File(_) => Ok(()),
-        }
+        self.protocol.validate(name)
     }
 }

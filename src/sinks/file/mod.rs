@@ -4,16 +4,38 @@
 //! rewrites the same name, so a range never appears twice.
 
 use crate::format::EncodedBatch;
+use crate::sinks::config::BatchConfig;
 use crate::sinks::Outcome;
+use crate::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// `kind = "file"`.
+pub const NAME: &str = "file";
+
+/// Batch bounds where the config gives none.
+pub fn default_batch() -> BatchConfig {
+    BatchConfig {
+        max_events: 10_000,
+        max_bytes: ByteSize::mib(8),
+        max_age: HumanDuration::secs(1),
+    }
+}
+
+pub use {FileConfig as Config, FileSink as Sink};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Target directory; relative paths are under data_dir. Created if missing.
     pub dir: PathBuf,
+}
+
+impl FileConfig {
+    pub fn validate(&self, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 pub struct FileSink {
@@ -29,10 +51,7 @@ impl FileSink {
 
     pub async fn deliver(&self, batch: &EncodedBatch) -> Outcome {
         let dir = self.dir.clone();
-        let name = format!(
-            "{:020}-{:020}{}",
-            batch.first_seq, batch.last_seq, batch.extension
-        );
+        let name = format!("{}{}", batch.range_key(), batch.extension);
         let body = batch.body.clone();
         let result =
             tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &body)).await;

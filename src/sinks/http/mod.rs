@@ -3,13 +3,28 @@
 //! every retry (and every retry after a restart) carries the same key.
 
 use crate::format::EncodedBatch;
+use crate::sinks::config::BatchConfig;
 use crate::secret::{resolve_secret, MaskedUrl, Secret};
 use crate::sinks::Outcome;
-use crate::units::HumanDuration;
+use crate::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+/// `kind = "http"`.
+pub const NAME: &str = "http";
+
+/// Batch bounds where the config gives none.
+pub fn default_batch() -> BatchConfig {
+    BatchConfig {
+        max_events: 1000,
+        max_bytes: ByteSize::mib(1),
+        max_age: HumanDuration::secs(1),
+    }
+}
+
+pub use {HttpConfig as Config, HttpSink as Sink};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +89,7 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(name: &str, config: &HttpConfig) -> Result<HttpSink, String> {
+    pub fn new(name: &str, config: &HttpConfig, _data_dir: &Path) -> Result<HttpSink, String> {
         config.validate(name)?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout.0)
@@ -128,10 +143,7 @@ impl HttpSink {
 
     /// The same for every attempt at this range, before and after restarts.
     pub fn idempotency_key(&self, batch: &EncodedBatch) -> String {
-        format!(
-            "{}-{:020}-{:020}",
-            self.name, batch.first_seq, batch.last_seq
-        )
+        format!("{}-{}", self.name, batch.range_key())
     }
 
     pub async fn deliver(&self, batch: &EncodedBatch) -> Outcome {

@@ -3,10 +3,11 @@
 //! leaves a duplicate object. Objects over 8 MiB go up as multipart uploads.
 
 use crate::clock::format_key_time;
-use crate::format::EncodedBatch;
+use crate::format::{seq_key, EncodedBatch};
+use crate::sinks::config::BatchConfig;
 use crate::secret::{resolve_secret, MaskedUrl, Secret};
 use crate::sinks::Outcome;
-use crate::units::HumanDuration;
+use crate::units::{ByteSize, HumanDuration};
 use s3::command::Command;
 use s3::creds::Credentials;
 use s3::error::S3Error;
@@ -14,8 +15,22 @@ use s3::request::tokio_backend::ReqwestRequest;
 use s3::request::Request as _;
 use s3::{Bucket, BucketConfiguration, Region};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `kind = "s3"`.
+pub const NAME: &str = "s3";
+
+/// Batch bounds where the config gives none.
+pub fn default_batch() -> BatchConfig {
+    BatchConfig {
+        max_events: 100_000,
+        max_bytes: ByteSize::mib(8),
+        max_age: HumanDuration::secs(60),
+    }
+}
+
+pub use {S3Config as Config, S3Sink as Sink};
 
 pub const DEFAULT_KEY_TEMPLATE: &str =
     "{prefix}{yyyy}/{mm}/{dd}/{hh}/{first_seq:020}-{last_seq:020}{ext}";
@@ -125,7 +140,7 @@ pub struct S3Sink {
 }
 
 impl S3Sink {
-    pub fn new(name: &str, config: &S3Config) -> Result<S3Sink, String> {
+    pub fn new(name: &str, config: &S3Config, _data_dir: &Path) -> Result<S3Sink, String> {
         config.validate(name)?;
         let (access, secret) = config.credentials(name)?;
         let credentials = Credentials::new(Some(&access), Some(&secret), None, None, None)
@@ -168,8 +183,8 @@ impl S3Sink {
             .replace("{mm}", &mm)
             .replace("{dd}", &dd)
             .replace("{hh}", &hh)
-            .replace("{first_seq:020}", &format!("{:020}", batch.first_seq))
-            .replace("{last_seq:020}", &format!("{:020}", batch.last_seq))
+            .replace("{first_seq:020}", &seq_key(batch.first_seq))
+            .replace("{last_seq:020}", &seq_key(batch.last_seq))
             .replace("{first_seq}", &batch.first_seq.to_string())
             .replace("{last_seq}", &batch.last_seq.to_string())
             .replace("{sink}", &self.name)
