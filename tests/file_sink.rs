@@ -87,13 +87,13 @@ max_age = \"50ms\"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = daemon.metrics().await;
-    assert_eq!(common::sample(&metrics, "outboxd_outbox_events"), Some(0.0));
-    assert_eq!(common::sample(&metrics, "outboxd_outbox_bytes"), Some(0.0));
-    assert_eq!(
-        common::sample(&metrics, "outboxd_outbox_deleted_events_total"),
-        Some(5.0)
-    );
+    daemon
+        .wait_samples(&[
+            ("outboxd_outbox_events", 0.0),
+            ("outboxd_outbox_bytes", 0.0),
+            ("outboxd_outbox_deleted_events_total", 5.0),
+        ])
+        .await;
 }
 
 #[tokio::test]

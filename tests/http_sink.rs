@@ -57,12 +57,11 @@ async fn a_413_splits_the_batch_until_the_halves_fit() {
     let mut accepted = receiver.accepted_ids();
     accepted.sort();
     assert_eq!(accepted, sent, "every event exactly once");
+    daemon
+        .wait_samples(&[("outboxd_sink_events_sent_total{sink=\"remote\"}", 40.0)])
+        .await;
     let metrics = daemon.metrics().await;
     assert!(sample(&metrics, "outboxd_sink_splits_total{sink=\"remote\"}").unwrap() >= 1.0);
-    assert_eq!(
-        sample(&metrics, "outboxd_sink_events_sent_total{sink=\"remote\"}"),
-        Some(40.0)
-    );
 }
 
 #[tokio::test]
@@ -247,14 +246,12 @@ async fn a_poison_event_is_isolated_and_dead_lettered_alone() {
         "{}",
         letters[0]
     );
-    let metrics = daemon.metrics().await;
-    assert_eq!(
-        sample(
-            &metrics,
-            "outboxd_sink_dead_lettered_events_total{sink=\"remote\",reason=\"rejected\"}"
-        ),
-        Some(1.0)
-    );
+    daemon
+        .wait_samples(&[(
+            "outboxd_sink_dead_lettered_events_total{sink=\"remote\",reason=\"rejected\"}",
+            1.0,
+        )])
+        .await;
     // The CLI shows the same, as tables.
     let url = format!("http://127.0.0.1:{}", daemon.http_port);
     let cli = |args: &[&str]| {
@@ -413,14 +410,12 @@ async fn max_attempts_dead_letters_the_batch_instead_of_dropping_it() {
         .as_str()
         .unwrap()
         .starts_with("retries exhausted: 3 attempts"));
-    let metrics = daemon.metrics().await;
-    assert_eq!(
-        sample(
-            &metrics,
-            "outboxd_sink_dead_lettered_events_total{sink=\"remote\",reason=\"retries_exhausted\"}"
-        ),
-        Some(4.0)
-    );
+    daemon
+        .wait_samples(&[(
+            "outboxd_sink_dead_lettered_events_total{sink=\"remote\",reason=\"retries_exhausted\"}",
+            4.0,
+        )])
+        .await;
 }
 
 #[tokio::test]

@@ -123,11 +123,9 @@ async fn objects_hold_the_stored_events_under_range_keys() {
         concatenated.push_str(&text);
     }
     assert_eq!(concatenated, expected);
-    let metrics = daemon.metrics().await;
-    assert_eq!(
-        sample(&metrics, "outboxd_sink_events_sent_total{sink=\"lake\"}"),
-        Some(30.0)
-    );
+    daemon
+        .wait_samples(&[("outboxd_sink_events_sent_total{sink=\"lake\"}", 30.0)])
+        .await;
     assert_eq!(daemon.sink("lake").await["state"], "running");
 }
 

@@ -188,7 +188,8 @@ impl Delivery {
                     to: batch.last,
                 })
                 .await?;
-                self.status.advanced(batch.last);
+                // Counted before the status shows the cursor, so whoever
+                // sees the cursor also sees the counts.
                 metrics::counter!(names::SINK_EVENTS, "sink" => self.name.clone())
                     .increment(encoded.events as u64);
                 metrics::counter!(names::SINK_BATCHES, "sink" => self.name.clone()).increment(1);
@@ -196,6 +197,7 @@ impl Delivery {
                     .increment(encoded.body.len() as u64);
                 metrics::histogram!(names::SINK_BATCH_EVENTS, "sink" => self.name.clone())
                     .record(encoded.events as f64);
+                self.status.advanced(batch.last);
                 Some(Some(batch.last))
             }
             Verdict::Dead(kind, reason) => {
@@ -207,9 +209,9 @@ impl Delivery {
                     to: batch.last,
                 })
                 .await?;
-                self.status.advanced(batch.last);
                 metrics::counter!(names::SINK_DEAD_LETTERED, "sink" => self.name.clone(), "reason" => kind)
                     .increment(seqs.len() as u64);
+                self.status.advanced(batch.last);
                 Some(Some(batch.last))
             }
             Verdict::Split => {

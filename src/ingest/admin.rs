@@ -52,23 +52,33 @@ pub async fn sinks(State(state): State<IngestState>) -> Result<Json<Vec<SinkRepo
     let outbox = &state.shared.outbox;
     let mut reports = Vec::new();
     for status in state.shared.sinks.iter() {
+        // The count first, then the durable cursor, which moved in the same
+        // transaction as any dead-lettering the count shows: the report never
+        // shows dead letters with the cursor still before them.
+        let dead_letters = outbox
+            .dead_letter_count(&status.name)
+            .await
+            .map_err(storage)?;
+        let durable = outbox
+            .sink_cursor(&status.name)
+            .await
+            .map_err(storage)?
+            .map_or(0, |cursor| cursor.delivered_seq);
         let snapshot = status.snapshot();
-        let (lag_events, lag_seconds) = lag(outbox, snapshot.cursor).await.map_err(storage)?;
+        let cursor = snapshot.cursor.max(durable);
+        let (lag_events, lag_seconds) = lag(outbox, cursor).await.map_err(storage)?;
         reports.push(SinkReport {
             name: status.name.clone(),
             kind: status.kind,
             state: snapshot.state.as_str(),
-            cursor: snapshot.cursor,
+            cursor,
             batch: snapshot.batch,
             lag_events,
             lag_seconds,
             last_error: snapshot.last_error,
             last_error_ms: snapshot.last_error_ms,
             last_success_ms: snapshot.last_success_ms,
-            dead_letters: outbox
-                .dead_letter_count(&status.name)
-                .await
-                .map_err(storage)?,
+            dead_letters,
         });
     }
     Ok(Json(reports))

@@ -13,12 +13,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// A port for a daemon to bind later. Taken below the kernel's ephemeral
+/// range (from 32768): a port from that range can be taken in the meantime
+/// as the source port of any outgoing connection (a sink's, a client's), and
+/// the daemon then fails to start. Never the same port twice in a process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    // Processes start at different offsets, so test binaries running side
+    // by side rarely try the same ports.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + ((std::process::id() as u64 * 7919) % SPAN as u64) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn binary() -> &'static str {
@@ -298,6 +315,26 @@ impl Daemon {
         let answer = self.metrics_client().get("/metrics").await.unwrap();
         assert!(answer.status.is_success());
         String::from_utf8(answer.body.to_vec()).unwrap()
+    }
+
+    /// Waits until every series has its value. Counters and gauges move just
+    /// after the write they count (a receiver or the database can show a
+    /// delivery first), so a test waits for them rather than reading once.
+    pub async fn wait_samples(&self, expected: &[(&str, f64)]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metrics = self.metrics().await;
+            if expected
+                .iter()
+                .all(|(series, value)| sample(&metrics, series) == Some(*value))
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                assert_samples(&metrics, expected);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Every event in the outbox, in seq order, read straight from SQLite.
