@@ -18,6 +18,8 @@ pub struct Seen {
     pub authorization: String,
     pub ids: Vec<String>,
     pub types: Vec<String>,
+    /// The `seq` of each event, in body order.
+    pub seqs: Vec<i64>,
     pub bytes: usize,
     pub at: Instant,
     /// Set after the script answered.
@@ -139,6 +141,10 @@ impl Receiver {
                         .map(|e| e["type"].as_str().unwrap_or("").to_string())
                         .collect(),
                     bytes: body.len(),
+                    seqs: events
+                        .iter()
+                        .map(|e| e["seq"].as_i64().unwrap_or(0))
+                        .collect(),
                     at: Instant::now(),
                     status: 0,
                 };

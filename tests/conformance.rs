@@ -1,0 +1,297 @@
+//! What every sink kind must do, written once and run for each kind against
+//! its real destination (a directory, an HTTP server in the test, s3s-fs):
+//! every acknowledged event delivered exactly once and in seq order, an
+//! outage that backlogs and drains without holding other sinks back, and
+//! type and fidelity filters. Batches close by count, never by age.
+//!
+//! A new kind adds its arm to `Destination` and one line to the list at the
+//! bottom. (Crash, halt-on-credentials and poison-event scenarios per kind
+//! live in crash.rs, http_sink.rs and s3_sink.rs today; they move here next.)
+
+mod common;
+
+use common::receiver::{Receiver, Reply};
+use common::s3::{lines, S3Server, ACCESS_KEY, SECRET_KEY};
+use common::Daemon;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    File,
+    Http,
+    S3,
+}
+
+/// The far end of a sink under test.
+enum Destination {
+    /// The directory, relative to the daemon's data_dir.
+    File(PathBuf),
+    Http(Receiver),
+    S3(S3Server),
+}
+
+impl Destination {
+    async fn start(kind: Kind) -> Destination {
+        match kind {
+            Kind::File => Destination::File(PathBuf::from("delivered")),
+            Kind::Http => Destination::Http(Receiver::start(|_, _| Reply::ok()).await),
+            Kind::S3 => {
+                std::env::set_var("TEST_CONFORMANCE_SECRET_KEY", SECRET_KEY);
+                Destination::S3(S3Server::start().await)
+            }
+        }
+    }
+
+    /// `[sinks.NAME]` for this destination, batches closed at `max_events`.
+    fn sink(&self, name: &str, max_events: usize, extra: &str) -> String {
+        let protocol = match self {
+            Destination::File(dir) => format!("kind = \"file\"\ndir = {:?}\n", dir),
+            Destination::Http(receiver) => {
+                format!("kind = \"http\"\nurl = \"{}\"\n", receiver.url())
+            }
+            Destination::S3(server) => format!(
+                "kind = \"s3\"\nendpoint = \"{}\"\nbucket = \"conformance\"\naccess_key = \"{ACCESS_KEY}\"\n\
+                 secret_key_env = \"TEST_CONFORMANCE_SECRET_KEY\"\ncreate_bucket = true\n",
+                server.endpoint()
+            ),
+        };
+        format!(
+            "[sinks.{name}]\n{protocol}{extra}\n[sinks.{name}.batch]\nmax_events = {max_events}\nmax_age = \"1h\"\n\
+             [sinks.{name}.retry]\ninitial = \"50ms\"\nmax = \"300ms\"\nhalted_probe = \"300ms\"\n"
+        )
+    }
+
+    /// Every event the destination holds, in the order the destination
+    /// orders batches (file names and object keys sort by range; HTTP by
+    /// arrival), a repeated Idempotency-Key counted once as HTTP promises.
+    fn delivered(&self, daemon: &Daemon) -> Vec<Value> {
+        let parse = |line: &str| serde_json::from_str::<Value>(line).unwrap();
+        match self {
+            Destination::File(dir) => {
+                let mut files: Vec<_> = std::fs::read_dir(daemon.data_dir().join(dir))
+                    .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                    .unwrap_or_default();
+                files.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
+                files.sort();
+                files
+                    .iter()
+                    .flat_map(|p| {
+                        std::fs::read_to_string(p)
+                            .unwrap()
+                            .lines()
+                            .map(parse)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            }
+            Destination::Http(receiver) => accepted_once(receiver)
+                .into_iter()
+                .flat_map(|s| {
+                    s.ids
+                        .into_iter()
+                        .zip(s.seqs)
+                        .map(|(id, seq)| serde_json::json!({"id": id, "seq": seq}))
+                })
+                .collect(),
+            Destination::S3(server) => server
+                .objects("conformance")
+                .iter()
+                .flat_map(|(key, bytes)| lines(key, bytes))
+                .map(|l| parse(&l))
+                .collect(),
+        }
+    }
+
+    /// Makes the destination unreachable (or unwritable).
+    fn take_down(&mut self, daemon: &Daemon) {
+        match self {
+            // A file where the directory should be: every write fails.
+            Destination::File(dir) => std::fs::write(daemon.data_dir().join(dir), b"").unwrap(),
+            Destination::Http(receiver) => receiver.stop(),
+            Destination::S3(server) => server.stop(),
+        }
+    }
+
+    async fn bring_back(&mut self, daemon: &Daemon) {
+        match self {
+            Destination::File(dir) => std::fs::remove_file(daemon.data_dir().join(dir)).unwrap(),
+            Destination::Http(receiver) => receiver.resume().await,
+            Destination::S3(server) => server.resume().await,
+        }
+    }
+
+    /// How many batches (files, objects, accepted requests) arrived.
+    fn batches(&self, daemon: &Daemon) -> usize {
+        match self {
+            Destination::File(dir) => std::fs::read_dir(daemon.data_dir().join(dir))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                        .count()
+                })
+                .unwrap_or(0),
+            Destination::Http(receiver) => accepted_once(receiver).len(),
+            Destination::S3(server) => server.objects("conformance").len(),
+        }
+    }
+}
+
+/// Accepted requests in arrival order, each Idempotency-Key once: what a
+/// receiver that honours the key keeps.
+fn accepted_once(receiver: &Receiver) -> Vec<common::receiver::Seen> {
+    let mut keys = HashSet::new();
+    receiver
+        .seen()
+        .into_iter()
+        .filter(|s| (200..300).contains(&s.status) && keys.insert(s.key.clone()))
+        .collect()
+}
+
+/// Waits until the destination holds `count` events (the bound only
+/// catches a hang), then returns their ids in delivery order.
+async fn wait_delivered(destination: &Destination, daemon: &Daemon, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = destination.delivered(daemon);
+        if events.len() >= count {
+            return events
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} events delivered:\n{}",
+            events.len(),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `n` events `{prefix}-0000`..., posted in requests of `per_request`.
+async fn post(daemon: &Daemon, prefix: &str, n: usize, per_request: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:04}")).collect();
+    for chunk in ids.chunks(per_request) {
+        daemon.post_ids(chunk, "message").await;
+    }
+    ids
+}
+
+async fn every_event_once_in_seq_order(kind: Kind) {
+    let destination = Destination::start(kind).await;
+    let daemon = Daemon::start(&destination.sink("out", 25, "")).await;
+    // Requests of 10 against batches of 25: batches cut across requests.
+    let sent = post(&daemon, "once", 100, 10).await;
+    let delivered = wait_delivered(&destination, &daemon, 100).await;
+    assert_eq!(delivered, sent, "each event once, in seq order");
+    daemon
+        .wait_sink("out", Duration::from_secs(60), |s| s["cursor"] == 100)
+        .await;
+    assert_eq!(destination.batches(&daemon), 4, "batches closed by count");
+    let seqs: Vec<i64> = destination
+        .delivered(&daemon)
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+}
+
+async fn an_outage_backlogs_then_drains_and_holds_no_other_sink_back(kind: Kind) {
+    let mut destination = Destination::start(kind).await;
+    let config = format!(
+        "{}[sinks.witness]\nkind = \"file\"\ndir = \"witness\"\n[sinks.witness.batch]\nmax_events = 20\nmax_age = \"1h\"\n",
+        destination.sink("out", 20, "")
+    );
+    let daemon = Daemon::start(&config).await;
+    destination.take_down(&daemon);
+    let sent = post(&daemon, "outage", 60, 20).await;
+    // The other sink delivers everything while this one cannot.
+    let witness = Destination::File(PathBuf::from("witness"));
+    assert_eq!(wait_delivered(&witness, &daemon, 60).await, sent);
+    let status = daemon
+        .wait_sink("out", Duration::from_secs(60), |s| {
+            s["state"] == "backoff" && s["last_error"].is_string()
+        })
+        .await;
+    assert_eq!(status["cursor"], 0, "{status}");
+    assert_eq!(
+        daemon.stored().await.len(),
+        60,
+        "kept for the sink that is down"
+    );
+    destination.bring_back(&daemon).await;
+    assert_eq!(wait_delivered(&destination, &daemon, 60).await, sent);
+    daemon
+        .wait_sink("out", Duration::from_secs(60), |s| {
+            s["cursor"] == 60 && s["state"] == "running"
+        })
+        .await;
+    assert_eq!(destination.delivered(&daemon).len(), 60, "nothing twice");
+}
+
+async fn filters_select_by_type_and_fidelity(kind: Kind) {
+    let destination = Destination::start(kind).await;
+    let filters = "include_types = [\"tool.*\", \"message\"]\nexclude_types = [\"tool.debug*\"]\nmin_fidelity = \"committed\"\n";
+    // Three of the seven match: batches of three close by count.
+    let daemon = Daemon::start(&destination.sink("out", 3, filters)).await;
+    let body = [
+        r#"{"id":"f1","type":"tool.call"}"#,
+        r#"{"id":"f2","type":"tool.debug.trace"}"#,
+        r#"{"id":"f3","type":"message","fidelity":"observed"}"#,
+        r#"{"id":"f4","type":"run.started","fidelity":"control"}"#,
+        r#"{"id":"f5","type":"message"}"#,
+        r#"{"id":"f6","type":"token.delta","fidelity":"observed"}"#,
+        r#"{"id":"f7","type":"tool.result","fidelity":"control"}"#,
+    ]
+    .join("\n");
+    let answer = daemon.post("application/x-ndjson", body).await;
+    assert!(answer.status.is_success());
+    assert_eq!(
+        wait_delivered(&destination, &daemon, 3).await,
+        ["f1", "f5", "f7"]
+    );
+    // Skipped events still move the cursor, so they can be deleted.
+    daemon
+        .wait_sink("out", Duration::from_secs(60), |s| s["cursor"] == 7)
+        .await;
+    common::eventually("skipped events are deleted", || async {
+        daemon.stored().await.is_empty()
+    })
+    .await;
+}
+
+macro_rules! conformance {
+    ($($kind:ident => $module:ident),+ $(,)?) => {
+        $(
+            mod $module {
+                use super::*;
+
+                #[tokio::test]
+                async fn every_event_once_in_seq_order() {
+                    super::every_event_once_in_seq_order(Kind::$kind).await
+                }
+
+                #[tokio::test]
+                async fn an_outage_backlogs_then_drains_and_holds_no_other_sink_back() {
+                    super::an_outage_backlogs_then_drains_and_holds_no_other_sink_back(Kind::$kind).await
+                }
+
+                #[tokio::test]
+                async fn filters_select_by_type_and_fidelity() {
+                    super::filters_select_by_type_and_fidelity(Kind::$kind).await
+                }
+            }
+        )+
+    };
+}
+
+conformance! {
+    File => file,
+    Http => http,
+    S3 => s3,
+}
