@@ -465,6 +465,7 @@ mod tests {
             .collect();
         std::env::set_var("LAKE_ACCESS_KEY", "k");
         std::env::set_var("INGEST_TOKEN", "t");
+        std::env::set_var("NATS_TOKEN", "t");
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s\n").unwrap();
@@ -473,7 +474,7 @@ mod tests {
             &secret.display().to_string(),
         );
         let config = load_text(&text, &[]).unwrap();
-        assert_eq!(config.sinks.len(), 4);
+        assert_eq!(config.sinks.len(), 5);
         assert_eq!(
             config.sinks["training"].format,
             crate::format::BodyFormat::OpenaiChat

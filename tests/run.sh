@@ -22,6 +22,13 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
 fi
 
+# nats-server (Debian package nats-server) for the NATS JetStream sink tests.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  echo "tests/run.sh: installing nats-server (Debian package nats-server)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server >/dev/null
+fi
+
 # s3s-fs: an S3-compatible server that checks signatures, for the S3 sink tests.
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 if ! command -v s3s-fs >/dev/null 2>&1; then

@@ -165,6 +165,14 @@ impl SinkConfig {
                 key("retry.max_attempts")
             ));
         }
+        if self.kind.message_per_event()
+            && (self.format != BodyFormat::Ndjson || self.compression != Compression::None)
+        {
+            return Err(format!(
+                "sinks.{name}: a {} sink sends each event as its own message: format must be \"ndjson\" and compression \"none\"",
+                self.kind.as_str()
+            ));
+        }
         self.protocol.validate(name)
     }
 }

@@ -67,6 +67,14 @@ macro_rules! sink_kinds {
                 }
             }
 
+            /// Whether the kind sends each event as its own message (so its
+            /// body must be NDJSON, uncompressed) rather than a batch as one body.
+            pub fn message_per_event(self) -> bool {
+                match self {
+                    $(SinkKind::$variant => $module::MESSAGE_PER_EVENT),+
+                }
+            }
+
             /// Batch bounds where the config gives none.
             pub fn default_batch(self) -> config::BatchConfig {
                 match self {
@@ -126,6 +134,7 @@ sink_kinds! {
     S3 => s3,
     Http => http,
     File => file,
+    Nats => nats,
 }
 
 impl serde::Serialize for SinkKind {

@@ -2,6 +2,7 @@
 //! temporary directory, and reads its outbox database directly.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod receiver;
 pub mod s3;
 
@@ -561,6 +562,25 @@ where
         assert!(Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts a server process (output discarded) and waits until it accepts
+/// connections on `port`; `missing` says how tests/run.sh installs it.
+pub async fn spawn_listening(mut command: Command, port: u16, missing: &str) -> Child {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(missing);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "{command:?} did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
 }
 
 /// Runs `outboxd check-config` on `text`: (success, stdout, stderr).

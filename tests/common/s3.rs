@@ -3,8 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 pub const ACCESS_KEY: &str = "outboxd-test";
 pub const SECRET_KEY: &str = "outboxd-test-secret";
@@ -32,23 +31,19 @@ impl S3Server {
 
     /// Starts (again) on the same port and directory.
     pub async fn resume(&mut self) {
-        let child = Command::new("s3s-fs")
+        let mut command = Command::new("s3s-fs");
+        command
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs is installed by tests/run.sh (cargo install s3s-fs --features binary)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "s3s-fs did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            .arg(self.dir.path());
+        self.child = Some(
+            super::spawn_listening(
+                command,
+                self.port,
+                "s3s-fs is installed by tests/run.sh (cargo install s3s-fs --features binary)",
+            )
+            .await,
+        );
     }
 
     pub fn stop(&mut self) {

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 /// `kind = "file"`.
 pub const NAME: &str = "file";
 
+/// A batch is one body (file, request, object), whatever its format.
+pub const MESSAGE_PER_EVENT: bool = false;
+
 /// Batch bounds where the config gives none.
 pub fn default_batch() -> BatchConfig {
     BatchConfig {

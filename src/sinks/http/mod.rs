@@ -15,6 +15,9 @@ use std::time::{Duration, SystemTime};
 /// `kind = "http"`.
 pub const NAME: &str = "http";
 
+/// A batch is one body (file, request, object), whatever its format.
+pub const MESSAGE_PER_EVENT: bool = false;
+
 /// Batch bounds where the config gives none.
 pub fn default_batch() -> BatchConfig {
     BatchConfig {

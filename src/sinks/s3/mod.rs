@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// `kind = "s3"`.
 pub const NAME: &str = "s3";
 
+/// A batch is one body (file, request, object), whatever its format.
+pub const MESSAGE_PER_EVENT: bool = false;
+
 /// Batch bounds where the config gives none.
 pub fn default_batch() -> BatchConfig {
     BatchConfig {
