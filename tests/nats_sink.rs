@@ -1,7 +1,8 @@
 //! The NATS JetStream sink against a real nats-server: subjects and headers
 //! per event, a token refused halts the sink and keeps the events, a subject
-//! no stream captures halts it with a message saying so until a stream
-//! appears, and a config that cannot work is refused before start.
+//! no stream captures is retried with a message saying so until a stream
+//! appears, a stream the server refuses halts it with the server's reason,
+//! and a config that cannot work is refused before start.
 //! (Exactly once, kill -9, outages and filters: tests/conformance.rs.)
 
 mod common;
@@ -28,11 +29,17 @@ const EVENTS: &str = "\
 {\"id\":\"e3\",\"type\":\"run.finished\"}
 ";
 
-/// Posts the events and waits for the sink to halt with `reason` in its error.
-async fn halts_with(daemon: &Daemon, reason: &str) {
+/// Posts the events and waits for the sink to reach `state` with `reason`
+/// in its error.
+async fn stops_with(daemon: &Daemon, state: &str, reason: &str) {
     daemon.post("application/x-ndjson", EVENTS).await;
     let status = daemon
-        .wait_sink("bus", WAIT, |s| s["state"] == "halted")
+        .wait_sink("bus", WAIT, |s| {
+            s["state"] == state
+                && s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.to_lowercase().contains(&reason.to_lowercase()))
+        })
         .await;
     let error = status["last_error"].as_str().unwrap().to_lowercase();
     assert!(error.contains(&reason.to_lowercase()), "{status}");
@@ -78,7 +85,7 @@ async fn a_refused_token_halts_the_sink_and_keeps_the_events_until_fixed() {
         &format!("token = \"wrong-token\"\n{STREAM}"),
     ))
     .await;
-    halts_with(&daemon, "authoriz").await;
+    stops_with(&daemon, "halted", "authoriz").await;
     assert!(
         !daemon.log().contains("wrong-token"),
         "the token is never logged"
@@ -98,11 +105,12 @@ async fn a_refused_token_halts_the_sink_and_keeps_the_events_until_fixed() {
 }
 
 #[tokio::test]
-async fn a_subject_no_stream_captures_halts_until_a_stream_appears() {
+async fn a_subject_no_stream_captures_is_retried_until_a_stream_appears() {
     let server = NatsServer::start(None).await;
     let daemon = Daemon::start(&nats_sink(&server.url(), "")).await;
-    halts_with(
+    stops_with(
         &daemon,
+        "backoff",
         "no JetStream stream captures `agents.planner.tool.call`",
     )
     .await;
@@ -120,6 +128,24 @@ async fn a_subject_no_stream_captures_halts_until_a_stream_appears() {
         .wait_sink("bus", WAIT, |s| s["cursor"] == 3 && s["state"] == "running")
         .await;
     assert_eq!(server.messages("LATE").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_stream_the_server_refuses_halts_with_the_servers_reason() {
+    let server = NatsServer::start(None).await;
+    // Another stream already captures the subjects: the server refuses ours.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "OTHER".into(),
+            subjects: vec!["agents.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&nats_sink(&server.url(), STREAM)).await;
+    stops_with(&daemon, "halted", "overlap").await;
+    assert_eq!(daemon.stored().await.len(), 3, "the events are kept");
 }
 
 #[test]

@@ -390,10 +390,18 @@ impl NatsSink {
                 },
                 ..Default::default()
             };
-            context
-                .get_or_create_stream(config)
-                .await
-                .map_err(|e| retry(format!("creating stream {}: {e}", stream.name)))?;
+            context.get_or_create_stream(config).await.map_err(|e| {
+                use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+                let reason = format!("creating stream {}: {e}", stream.name);
+                match e.kind() {
+                    // The server refused the stream (its reason is in `e`):
+                    // retrying the same request cannot help.
+                    Kind::JetStream(_) | Kind::InvalidStreamName | Kind::EmptyStreamName => {
+                        halted(reason)
+                    }
+                    _ => retry(reason),
+                }
+            })?;
         }
         Ok(context)
     }
@@ -468,8 +476,11 @@ fn classify(subject: &str, kind: PublishErrorKind, text: &str) -> Outcome {
     let reason = format!("publishing to {subject}: {text}");
     match kind {
         PublishErrorKind::MaxPayloadExceeded => Outcome::TooLarge { reason },
-        PublishErrorKind::StreamNotFound => halted(format!(
-            "{reason}: no JetStream stream captures `{subject}`; create one or set stream.name and stream.subjects"
+        // "No responders": no stream captures the subject, or JetStream is
+        // not up yet (just after a server restart). Retried with backoff;
+        // the status says which subject lacks a stream.
+        PublishErrorKind::StreamNotFound => retry(format!(
+            "{reason}: no JetStream stream captures `{subject}` (or JetStream is not ready); create one or set stream.name and stream.subjects"
         )),
         _ if text.contains("Permissions Violation") || text.contains("Authorization Violation") => {
             halted(reason)
