@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end drain benchmark, to a real S3-compatible server (s3s-fs) or to
-# an HTTP receiver (outboxd-bench --receive):
+# End-to-end drain benchmark, to a real S3-compatible server (s3s-fs), to
+# an HTTP receiver (outboxd-bench --receive) or to NATS JetStream (nats-server):
 #   1. build a backlog of N 1 KiB events with the receiving server down
 #   2. start the server and time the drain, sampling outboxd's RSS
 #   3. live: ingest for 15 s with the server up, then wait for lag 0
-#   bench/drain.sh [backlog-events] [s3|http]      (default 1000000 s3)
+#   bench/drain.sh [backlog-events] [s3|http|nats]      (default 1000000 s3)
 backlog=${1:-1000000}
 kind=${2:-s3}
 source "$(dirname "$0")/common.sh"
@@ -25,6 +25,17 @@ max_age = "1s"
 initial = "100ms"
 max = "1s"
 TOML
+elif [ "$kind" = nats ]; then
+  cat >> "$dir/outboxd.toml" <<TOML
+[sinks.lake]
+kind = "nats"
+url = "nats://127.0.0.1:$extra_port"
+subject = "bench.{type}"
+stream = { name = "BENCH", subjects = ["bench.>"] }
+[sinks.lake.retry]
+initial = "100ms"
+max = "1s"
+TOML
 else
   cat >> "$dir/outboxd.toml" <<TOML
 [sinks.lake]
@@ -41,6 +52,8 @@ lag() { curl -sf "http://127.0.0.1:$port/v1/sinks" | python3 -c 'import json,sys
 start_s3() {
   if [ "$kind" = s3 ]; then
     s3s-fs --host 127.0.0.1 --port $extra_port --access-key bench --secret-key bench-secret "$dir/s3" >/dev/null 2>&1 &
+  elif [ "$kind" = nats ]; then
+    "$(command -v nats-server || echo /usr/sbin/nats-server)" -js -a 127.0.0.1 -p $extra_port -sd "$dir/nats" >/dev/null 2>&1 &
   else
     target/release/outboxd-bench --receive "127.0.0.1:$extra_port" >/dev/null 2>&1 &
   fi

@@ -6,9 +6,13 @@
 //! filters. Batches close by count (the kill -9 load is timed; only its
 //! final drain waits for an age, with no deadline that matters).
 //!
-//! A new kind adds its arm to `Destination` and one line to the list at the
-//! bottom. (Halt-on-credentials and poison-event scenarios, which not every
-//! kind can meet, live in http_sink.rs and s3_sink.rs today.)
+//! Kinds whose destination checks credentials (all but the directory) also
+//! run: refused credentials halt the sink, keep its events and show in the
+//! status and metrics, and fixed credentials deliver everything once.
+//!
+//! A new kind adds its arm to `Destination` and one line to the lists at the
+//! bottom. (The poison-event scenario, which only a destination that judges
+//! content can meet, lives in http_sink.rs.)
 
 mod common;
 
@@ -20,6 +24,8 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+const NATS_TOKEN: &str = "conformance-token";
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -47,7 +53,10 @@ impl Destination {
                 std::env::set_var("TEST_CONFORMANCE_SECRET_KEY", SECRET_KEY);
                 Destination::S3(S3Server::start().await)
             }
-            Kind::Nats => Destination::Nats(NatsServer::start(None).await),
+            Kind::Nats => {
+                std::env::set_var("TEST_CONFORMANCE_NATS_TOKEN", NATS_TOKEN);
+                Destination::Nats(NatsServer::start(Some(NATS_TOKEN)).await)
+            }
         }
     }
 
@@ -72,7 +81,7 @@ impl Destination {
                 server.endpoint()
             ),
             Destination::Nats(server) => format!(
-                "kind = \"nats\"\nurl = \"{}\"\ntimeout = \"2s\"\n\
+                "kind = \"nats\"\nurl = \"{}\"\ntimeout = \"2s\"\ntoken_env = \"TEST_CONFORMANCE_NATS_TOKEN\"\n\
                  stream = {{ name = \"CONFORMANCE\", subjects = [\"agents.>\"] }}\n",
                 server.url()
             ),
@@ -147,6 +156,31 @@ impl Destination {
             Destination::Http(receiver) => receiver.resume().await,
             Destination::S3(server) => server.resume().await,
             Destination::Nats(server) => server.resume().await,
+        }
+    }
+
+    /// Makes the destination refuse (`right = false`) or accept the
+    /// sink's credentials; returns the environment to start the daemon with
+    /// (the sinks read their secrets through `*_env`).
+    fn credentials(&self, right: bool) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Destination::File(_) => unreachable!("a directory has no credentials"),
+            Destination::Http(receiver) => {
+                if right {
+                    receiver.set_script(|_, _| Reply::ok());
+                } else {
+                    receiver.set_script(|_, _| Reply::status(401));
+                }
+                Vec::new()
+            }
+            Destination::S3(_) => vec![(
+                "TEST_CONFORMANCE_SECRET_KEY",
+                if right { SECRET_KEY } else { "not-the-secret" },
+            )],
+            Destination::Nats(_) => vec![(
+                "TEST_CONFORMANCE_NATS_TOKEN",
+                if right { NATS_TOKEN } else { "not-the-token" },
+            )],
         }
     }
 
@@ -345,6 +379,55 @@ async fn kill9_loses_and_duplicates_nothing(kind: Kind) {
     );
     // A request cut off by the kill may still have been stored: more than
     // the acknowledged events may arrive, never fewer and never twice.
+}
+
+/// Refused credentials halt the sink: events kept, the state in the status
+/// and the metrics; fixed credentials and a restart deliver everything once.
+async fn refused_credentials_halt_and_keep_the_events_until_fixed(kind: Kind) {
+    let destination = Destination::start(kind).await;
+    let mut daemon = Daemon::prepare(&destination.sink("out", 10, ""));
+    daemon.spawn_with_env(&destination.credentials(false)).await;
+    let sent = post(&daemon, "creds", 20, 20).await;
+    let status = daemon
+        .wait_sink("out", Duration::from_secs(60), |s| s["state"] == "halted")
+        .await;
+    assert_eq!(status["cursor"], 0, "{status}");
+    assert!(status["last_error"].is_string());
+    daemon
+        .wait_samples(&[("outboxd_sink_state{sink=\"out\",state=\"halted\"}", 1.0)])
+        .await;
+    assert_eq!(daemon.stored().await.len(), 20, "the events are kept");
+    assert!(daemon.terminate().success());
+    daemon.spawn_with_env(&destination.credentials(true)).await;
+    assert_eq!(wait_delivered(&destination, &daemon, 20).await, sent);
+    daemon
+        .wait_sink("out", Duration::from_secs(60), |s| {
+            s["cursor"] == 20 && s["state"] == "running"
+        })
+        .await;
+}
+
+/// Scenarios for kinds whose destination checks credentials (a directory
+/// does not).
+macro_rules! with_credentials {
+    ($($kind:ident => $module:ident),+ $(,)?) => {
+        $(
+            mod $module {
+                use super::*;
+
+                #[tokio::test]
+                async fn refused_credentials_halt_and_keep_the_events_until_fixed() {
+                    super::refused_credentials_halt_and_keep_the_events_until_fixed(Kind::$kind).await
+                }
+            }
+        )+
+    };
+}
+
+with_credentials! {
+    Http => credentials_http,
+    S3 => credentials_s3,
+    Nats => credentials_nats,
 }
 
 macro_rules! conformance {
