@@ -32,6 +32,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut servers = JoinSet::new();
     let mut socket_file = None;
     let limits = listen::ConnectionLimits::from_config(&config);
+    // Metrics first: once ingest answers, /readyz and /metrics do too.
+    if let Some(addr) = config.metrics_listen() {
+        let listener = listen::bind_tcp("metrics", addr).await?;
+        let router = ops::router(OpsState {
+            outbox: opened.outbox.clone(),
+            metrics,
+            sinks: sinks.clone(),
+        });
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        servers.spawn(listen::serve_tcp(
+            listener,
+            router,
+            trigger.subscribe(),
+            limits,
+        ));
+    }
     if let Some(addr) = config.http_listen() {
         let listener = listen::bind_tcp("ingest", addr).await?;
         let router = ingest::router(ingest_state.with_token(config.auth_token()));
@@ -57,21 +73,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits,
         ));
         socket_file = Some(file);
-    }
-    if let Some(addr) = config.metrics_listen() {
-        let listener = listen::bind_tcp("metrics", addr).await?;
-        let router = ops::router(OpsState {
-            outbox: opened.outbox.clone(),
-            metrics,
-            sinks: sinks.clone(),
-        });
-        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-        servers.spawn(listen::serve_tcp(
-            listener,
-            router,
-            trigger.subscribe(),
-            limits,
-        ));
     }
     drop(ingest_state);
     // Listeners are bound (a clash fails start-up before anything runs); now the sinks.
@@ -132,6 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         writer_stopped,
         ..
     } = opened;
+    outbox.close_readers().await;
     drop(outbox);
     if tokio::time::timeout(drain_timeout, writer_stopped)
         .await

@@ -214,6 +214,12 @@ impl Outbox {
     }
 
     /// Receive time (unix ms) of the oldest event in the outbox.
+    /// Closes the reader connections (all handles share them), so that the
+    /// writer closes the database last and leaves no WAL behind.
+    pub async fn close_readers(&self) {
+        self.readers.close().await;
+    }
+
     pub async fn oldest_received_ms(&self) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar("SELECT received_ms FROM events ORDER BY seq LIMIT 1")
             .fetch_optional(&self.readers)

@@ -323,8 +323,10 @@ pub async fn open(config: &Settings) -> Result<Opened, OpenError> {
     std::thread::Builder::new()
         .name("outbox-writer".into())
         .spawn(move || {
+            let mut writer = writer;
             writer.run(inbox);
             checkpointer.stop();
+            writer.close();
             let _ = stopped.send(());
         })
         .map_err(|e| OpenError(format!("cannot start the outbox writer thread: {e}")))?;

@@ -104,7 +104,7 @@ impl Writer {
     }
 
     /// Runs until every [`super::Outbox`] handle is dropped, then closes the database.
-    pub fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+    pub fn run(&mut self, mut inbox: mpsc::Receiver<Command>) {
         self.publish();
         let mut last_prune = Instant::now();
         loop {
@@ -148,10 +148,23 @@ impl Writer {
                 last_prune = Instant::now();
             }
         }
+        tracing::debug!("outbox writer stopped");
+    }
+
+    /// Closes the database after the checkpointer stopped: everything goes
+    /// into the database file and the WAL is emptied, whichever connection
+    /// closes last (SQLite only checkpoints and removes the WAL on the last
+    /// close, and a read-only reader closing last never does).
+    pub fn close(self) {
+        if let Err(e) = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "final checkpoint of the outbox database");
+        }
         if let Err((_, e)) = self.connection.close() {
             tracing::warn!(error = %e, "closing the outbox database");
         }
-        tracing::debug!("outbox writer stopped");
     }
 
     fn take(
