@@ -78,6 +78,39 @@ async fn each_event_is_a_message_with_its_subject_and_headers() {
 }
 
 #[tokio::test]
+async fn a_server_restart_mid_stream_loses_and_repeats_nothing() {
+    let mut server = NatsServer::start(None).await;
+    let daemon = Daemon::start(&nats_sink(&server.url(), STREAM)).await;
+    let first = common::ids("before", 30);
+    daemon.post_ids(&first, "agent.step").await;
+    daemon.wait_sink("bus", WAIT, |s| s["cursor"] == 30).await;
+    // The established connection breaks; events keep coming meanwhile.
+    server.stop();
+    let second = common::ids("during", 30);
+    daemon.post_ids(&second, "agent.step").await;
+    daemon
+        .wait_sink("bus", WAIT, |s| s["state"] == "backoff")
+        .await;
+    server.resume().await;
+    daemon
+        .wait_sink("bus", WAIT, |s| {
+            s["cursor"] == 60 && s["state"] == "running"
+        })
+        .await;
+    let ids: Vec<String> = server
+        .messages("AGENTS")
+        .await
+        .iter()
+        .map(|m| m.payload["id"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = first.into_iter().chain(second).collect();
+    assert_eq!(
+        ids, expected,
+        "every event once, in order, across the restart"
+    );
+}
+
+#[tokio::test]
 async fn a_refused_token_halts_the_sink_and_keeps_the_events_until_fixed() {
     let server = NatsServer::start(Some("right-token")).await;
     let mut daemon = Daemon::start(&nats_sink(
@@ -115,15 +148,7 @@ async fn a_subject_no_stream_captures_is_retried_until_a_stream_appears() {
     )
     .await;
     // An operator creates the stream; the next probe delivers.
-    let client = async_nats::connect(server.url()).await.unwrap();
-    async_nats::jetstream::new(client)
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "LATE".into(),
-            subjects: vec!["agents.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    server.create_stream("LATE", "agents.>").await;
     daemon
         .wait_sink("bus", WAIT, |s| s["cursor"] == 3 && s["state"] == "running")
         .await;
@@ -134,15 +159,7 @@ async fn a_subject_no_stream_captures_is_retried_until_a_stream_appears() {
 async fn a_stream_the_server_refuses_halts_with_the_servers_reason() {
     let server = NatsServer::start(None).await;
     // Another stream already captures the subjects: the server refuses ours.
-    let client = async_nats::connect(server.url()).await.unwrap();
-    async_nats::jetstream::new(client)
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "OTHER".into(),
-            subjects: vec!["agents.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    server.create_stream("OTHER", "agents.>").await;
     let daemon = Daemon::start(&nats_sink(&server.url(), STREAM)).await;
     stops_with(&daemon, "halted", "overlap").await;
     assert_eq!(daemon.stored().await.len(), 3, "the events are kept");

@@ -98,6 +98,19 @@ impl NatsServer {
         async_nats::jetstream::new(client)
     }
 
+    /// Creates a stream, as an operator would.
+    pub async fn create_stream(&self, name: &str, subjects: &str) {
+        self.context()
+            .await
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: name.into(),
+                subjects: vec![subjects.into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
     /// Every message of `stream` in stream order; none when it does not exist.
     pub async fn messages(&self, stream: &str) -> Vec<Message> {
         let context = self.context().await;
