@@ -1,4 +1,6 @@
 //! Secrets never leave the process: with every kind of secret configured
+//! (ingest token, HTTP token, header values, URL passwords, S3 keys, NATS
+//! password and token)
 //! and deliveries failing (so errors are logged and shown), none appears in
 //! the logs, `check-config`, `status --json` or `/metrics`.
 
@@ -14,6 +16,8 @@ const HEADER_VALUE: &str = "hdr-key-Lw03nE";
 const URL_PASSWORD: &str = "url-pass-Vb55tY";
 const S3_ACCESS_KEY: &str = "AKIAQWERTY12345ZZZZ";
 const S3_SECRET_KEY: &str = "s3-secret-Hj29aQ";
+const NATS_PASSWORD: &str = "nats-pass-Tq48cX";
+const NATS_TOKEN: &str = "nats-tok-Mv62dR";
 
 #[tokio::test]
 async fn no_secret_appears_in_logs_check_config_status_or_metrics() {
@@ -34,7 +38,16 @@ async fn no_secret_appears_in_logs_check_config_status_or_metrics() {
          [sinks.lake]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"b\"\n\
          access_key = \"{S3_ACCESS_KEY}\"\nsecret_key = \"{S3_SECRET_KEY}\"\n\
          [sinks.lake.batch]\nmax_events = 1\n\
-         [sinks.lake.retry]\ninitial = \"50ms\"\nmax = \"200ms\"\n",
+         [sinks.lake.retry]\ninitial = \"50ms\"\nmax = \"200ms\"\n\
+         [sinks.bus]\nkind = \"nats\"\nurl = \"nats://agent:{URL_PASSWORD}@127.0.0.1:{}\"\n\
+         [sinks.bus.retry]\ninitial = \"50ms\"\nmax = \"200ms\"\n\
+         [sinks.bus3]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nuser = \"agent\"\npassword = \"{NATS_PASSWORD}\"\n\
+         [sinks.bus3.retry]\ninitial = \"50ms\"\nmax = \"200ms\"\n\
+         [sinks.bus2]\nkind = \"nats\"\nurl = [\"nats://127.0.0.1:{}\"]\ntoken = \"{NATS_TOKEN}\"\n\
+         [sinks.bus2.retry]\ninitial = \"50ms\"\nmax = \"200ms\"\n",
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
         common::free_port(),
         common::free_port()
     ))
@@ -97,6 +110,8 @@ async fn no_secret_appears_in_logs_check_config_status_or_metrics() {
             URL_PASSWORD,
             S3_ACCESS_KEY,
             S3_SECRET_KEY,
+            NATS_PASSWORD,
+            NATS_TOKEN,
         ] {
             assert!(!text.contains(secret), "{place} shows {secret}:\n{text}");
         }

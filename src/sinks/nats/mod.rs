@@ -219,6 +219,9 @@ impl NatsConfig {
         let token = secret("token", &self.token, &self.token_env, &self.token_file)?;
         let seed = secret("nkey_seed", &self.nkey_seed, &self.nkey_seed_env, &self.nkey_seed_file)?;
         let mut ways = Vec::new();
+        if let Some(from_url) = self.url.list().iter().find_map(|u| url_credentials(u.expose())) {
+            ways.push(from_url);
+        }
         if let (Some(user), Some(password)) = (&self.user, password) {
             ways.push(Credentials::UserPassword(user.clone(), password));
         }
@@ -235,9 +238,37 @@ impl NatsConfig {
             0 => Ok(Credentials::None),
             1 => Ok(ways.pop().expect("one")),
             _ => Err(format!(
-                "sinks.{name}: set one of user/password, token, nkey_seed, creds_file"
+                "sinks.{name}: set one of user/password, token, nkey_seed, creds_file (credentials in the url count as one)"
             )),
         }
+    }
+}
+
+/// `user:password@` in a URL is user and password; `token@` alone a token.
+fn url_credentials(url: &str) -> Option<Credentials> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let user = percent_decoded(parsed.username());
+    match (user.is_empty(), parsed.password()) {
+        (true, _) => None,
+        (false, Some(password)) => Some(Credentials::UserPassword(user, percent_decoded(password))),
+        (false, None) => Some(Credentials::Token(user)),
+    }
+}
+
+fn percent_decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn without_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -361,12 +392,14 @@ impl NatsSink {
         if let Some(ca) = &self.config.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
+        // Credentials in a URL travel as options, never inside the address:
+        // the client logs addresses (at debug) whole.
         let addrs: Vec<async_nats::ServerAddr> = self
             .config
             .url
             .list()
             .iter()
-            .filter_map(|url| url.expose().parse().ok())
+            .filter_map(|url| without_userinfo(url.expose()).parse().ok())
             .collect();
         let client = options.connect(addrs).await.map_err(|e| {
             use async_nats::ConnectErrorKind as Kind;
@@ -519,6 +552,20 @@ mod tests {
         assert_eq!(subject_for("s.{session_id}.{run_id}", &event), "s.s1._");
         let odd = head(r#"{"type":"a..b"}"#);
         assert_eq!(subject_for("x.{type}", &odd), "x.a._.b");
+    }
+
+    #[test]
+    fn credentials_in_a_url_become_options_and_leave_the_address() {
+        assert!(matches!(
+            url_credentials("nats://agent:p%40ss@h:4222"),
+            Some(Credentials::UserPassword(user, password)) if user == "agent" && password == "p@ss"
+        ));
+        assert!(matches!(url_credentials("nats://tok@h:4222"), Some(Credentials::Token(t)) if t == "tok"));
+        assert!(url_credentials("nats://h:4222").is_none());
+        assert_eq!(without_userinfo("nats://agent:secret@h:4222"), "nats://h:4222");
+        let both: NatsConfig =
+            toml::from_str("url = \"nats://a:b@h:4222\"\ntoken = \"t\"").unwrap();
+        assert!(both.validate("n").unwrap_err().contains("set one of"));
     }
 
     #[test]
