@@ -337,6 +337,10 @@ impl Config {
             outbox: self.outbox.clone(),
             dedup_window: self.ingest.dedup_window.0,
             dedup_max_ids: self.ingest.dedup_max_ids,
+            index_sessions: self
+                .sinks
+                .values()
+                .any(|sink| sink.format.assembles_sessions()),
         }
     }
 

@@ -175,16 +175,7 @@ async fn a_transcript_becomes_chat_training_records_in_files_and_in_s3() {
     assert!(files
         .iter()
         .all(|f| f.file_name().to_string_lossy().ends_with(".jsonl")));
-    let from_files: Vec<Value> = files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f.path())
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<Value>>()
-        })
-        .collect();
+    let from_files = common::json_lines_in(&dir);
     check_records(&from_files, &events);
 
     let objects = server.objects("training");

@@ -8,6 +8,7 @@
 
 mod backoff;
 mod filter;
+mod sessions;
 pub mod status;
 
 use crate::clock::now_ms;
@@ -107,6 +108,9 @@ impl Delivery {
         };
         let mut cursor = stored.delivered_seq;
         self.status.advanced(cursor);
+        if let Some(sessions) = self.config.sessions.clone() {
+            return self.run_sessions(cursor, sessions).await;
+        }
         // Ranges fixed but not delivered yet: a batch in flight at the last
         // stop first, later the halves of split batches. Last in, first out.
         let mut fixed: Vec<(i64, i64)> = stored.batch.into_iter().collect();
@@ -190,13 +194,7 @@ impl Delivery {
                 .await?;
                 // Counted before the status shows the cursor, so whoever
                 // sees the cursor also sees the counts.
-                metrics::counter!(names::SINK_EVENTS, "sink" => self.name.clone())
-                    .increment(encoded.events as u64);
-                metrics::counter!(names::SINK_BATCHES, "sink" => self.name.clone()).increment(1);
-                metrics::counter!(names::SINK_BYTES, "sink" => self.name.clone())
-                    .increment(encoded.body.len() as u64);
-                metrics::histogram!(names::SINK_BATCH_EVENTS, "sink" => self.name.clone())
-                    .record(encoded.events as f64);
+                self.count_delivered(&encoded);
                 self.status.advanced(batch.last);
                 Some(Some(batch.last))
             }
@@ -246,6 +244,16 @@ impl Delivery {
             batch.selected.truncate(keep);
             batch.last = batch.selected[keep - 1].seq;
         }
+    }
+
+    fn count_delivered(&self, batch: &EncodedBatch) {
+        metrics::counter!(names::SINK_EVENTS, "sink" => self.name.clone())
+            .increment(batch.events as u64);
+        metrics::counter!(names::SINK_BATCHES, "sink" => self.name.clone()).increment(1);
+        metrics::counter!(names::SINK_BYTES, "sink" => self.name.clone())
+            .increment(batch.body.len() as u64);
+        metrics::histogram!(names::SINK_BATCH_EVENTS, "sink" => self.name.clone())
+            .record(batch.events as f64);
     }
 
     /// Attempts a batch until it is delivered, given up, split or stopped.

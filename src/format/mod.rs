@@ -31,6 +31,8 @@ pub enum BodyFormat {
     JsonArray,
     /// One OpenAI chat-completions message per event (training records).
     OpenaiChat,
+    /// One line per finished session: `{"messages", "tools", "metadata"}`.
+    OpenaiSessions,
 }
 
 /// One format: how a batch of events becomes a body. Most formats write
@@ -54,7 +56,14 @@ impl BodyFormat {
             BodyFormat::Ndjson => Box::new(jsonl::Ndjson),
             BodyFormat::JsonArray => Box::new(jsonl::JsonArray),
             BodyFormat::OpenaiChat => Box::new(openai::chat::OpenAiChat),
+            BodyFormat::OpenaiSessions => Box::new(openai::sessions::OpenAiSessions),
         }
+    }
+
+    /// Whether the sink writes whole sessions when they end, rather than
+    /// batches of events as they come.
+    pub fn assembles_sessions(self) -> bool {
+        self == BodyFormat::OpenaiSessions
     }
 
     /// Event types a sink in this format leaves out unless its
@@ -62,7 +71,9 @@ impl BodyFormat {
     pub fn default_exclude_types(self) -> Vec<String> {
         match self {
             BodyFormat::Ndjson | BodyFormat::JsonArray => Vec::new(),
-            BodyFormat::OpenaiChat => vec!["heartbeat".into(), "*.heartbeat".into()],
+            BodyFormat::OpenaiChat | BodyFormat::OpenaiSessions => {
+                vec!["heartbeat".into(), "*.heartbeat".into()]
+            }
         }
     }
 }
@@ -105,12 +116,22 @@ pub fn encode(
 ) -> EncodedBatch {
     let mut plain = Vec::with_capacity(events.iter().map(|e| e.body.len() + 24).sum::<usize>() + 2);
     encoder.write(events, &mut plain);
+    let mut batch = finish(plain, encoder, compression);
+    batch.first_seq = first_seq;
+    batch.last_seq = last_seq;
+    batch.first_received_ms = events.first().map_or(0, |e| e.received_ms);
+    batch.events = events.len();
+    batch
+}
+
+/// Compresses a body an encoder wrote; the caller fills in the range.
+pub fn finish(plain: Vec<u8>, encoder: &dyn Encoder, compression: Compression) -> EncodedBatch {
     let (body, content_encoding, suffix) = compress::compress(plain, compression);
     EncodedBatch {
-        first_seq,
-        last_seq,
-        first_received_ms: events.first().map_or(0, |e| e.received_ms),
-        events: events.len(),
+        first_seq: 0,
+        last_seq: 0,
+        first_received_ms: 0,
+        events: 0,
         body: Bytes::from(body),
         content_type: encoder.content_type(),
         content_encoding,

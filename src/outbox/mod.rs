@@ -12,6 +12,7 @@ pub mod progress;
 mod read;
 pub mod reserve;
 pub mod retention;
+pub mod sessions;
 mod settings;
 mod writer;
 

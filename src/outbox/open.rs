@@ -268,6 +268,14 @@ pub async fn open(config: &Settings) -> Result<Opened, OpenError> {
     if suspect.is_some() {
         integrity::clear_suspect(&config.data_dir);
     }
+    let mut connection = connection;
+    if let Err(e) = super::sessions::ensure_index(&mut connection, config.index_sessions).await {
+        close(connection).await;
+        return Err(OpenError(format!(
+            "outbox database {}: building the session index failed: {e}",
+            path.display()
+        )));
+    }
     let Totals {
         last_seq,
         events,

@@ -2,6 +2,7 @@
 //! batch's range before its first attempt, advancing cursors, dead letters
 //! and their replay, and deleting what [`super::retention`] allows.
 
+use super::sessions::{self, SessionOp};
 use crate::clock::now_ms;
 use crate::event::ROW_OVERHEAD_BYTES;
 use rusqlite::{params, Transaction};
@@ -35,6 +36,8 @@ pub enum SinkOp {
         seq: i64,
         reason: String,
     },
+    /// A session-assembling sink's progress (see [`super::sessions`]).
+    Sessions { sink: String, op: SessionOp },
 }
 
 impl SinkOp {
@@ -46,7 +49,8 @@ impl SinkOp {
             | SinkOp::DeadLetter { sink, .. }
             | SinkOp::Requeue { sink, .. }
             | SinkOp::Redelivered { sink, .. }
-            | SinkOp::StillDead { sink, .. } => Some(sink),
+            | SinkOp::StillDead { sink, .. }
+            | SinkOp::Sessions { sink, .. } => Some(sink),
         }
     }
 }
@@ -85,14 +89,7 @@ pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64
             reason,
             to,
         } => {
-            let mut copy = tx.prepare_cached(
-                "INSERT OR REPLACE INTO dead_letters (sink, seq, id, type, fidelity, received_ms, body, reason, failed_ms, requeued) \
-                 SELECT ?1, seq, id, type, fidelity, received_ms, body, ?3, ?4, 0 FROM events WHERE seq = ?2",
-            )?;
-            let mut n = 0;
-            for seq in seqs {
-                n += copy.execute(params![sink, seq, reason, now])? as u64;
-            }
+            let n = copy_to_dead_letters(tx, sink, seqs, reason, now)?;
             advance(tx, sink, *to, now)?;
             Ok((n, Some(*to)))
         }
@@ -129,10 +126,37 @@ pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64
             )?;
             Ok((n as u64, None))
         }
+        SinkOp::Sessions { sink, op } => {
+            let n = sessions::apply(tx, sink, op, now)?;
+            let cursor = match op {
+                SessionOp::Scan { to, .. } => Some(*to),
+                _ => None,
+            };
+            Ok((n, cursor))
+        }
     }
 }
 
-fn advance(tx: &Transaction, sink: &str, to: i64, now: i64) -> rusqlite::Result<u64> {
+/// Copies the events `seqs` still in the outbox into `sink`'s dead letters.
+pub(super) fn copy_to_dead_letters(
+    tx: &Transaction,
+    sink: &str,
+    seqs: &[i64],
+    reason: &str,
+    now: i64,
+) -> rusqlite::Result<u64> {
+    let mut copy = tx.prepare_cached(
+        "INSERT OR REPLACE INTO dead_letters (sink, seq, id, type, fidelity, received_ms, body, reason, failed_ms, requeued) \
+         SELECT ?1, seq, id, type, fidelity, received_ms, body, ?3, ?4, 0 FROM events WHERE seq = ?2",
+    )?;
+    let mut n = 0;
+    for seq in seqs {
+        n += copy.execute(params![sink, seq, reason, now])? as u64;
+    }
+    Ok(n)
+}
+
+pub(super) fn advance(tx: &Transaction, sink: &str, to: i64, now: i64) -> rusqlite::Result<u64> {
     // MAX: a cursor never moves back, whatever arrives late.
     let n = tx.execute(
         "UPDATE sink_cursors SET delivered_seq = MAX(delivered_seq, ?2), batch_first = NULL, batch_last = NULL, updated_ms = ?3 \

@@ -6,9 +6,11 @@ use super::Outbox;
 use crate::event::{Fidelity, StoredEvent};
 use serde::Serialize;
 
-type Row = (i64, String, i64, Option<String>, i64, Vec<u8>);
+pub(super) type Row = (i64, String, i64, Option<String>, i64, Vec<u8>);
 
-fn stored((seq, event_type, fidelity, session_id, received_ms, body): Row) -> StoredEvent {
+pub(super) fn stored(
+    (seq, event_type, fidelity, session_id, received_ms, body): Row,
+) -> StoredEvent {
     StoredEvent {
         seq,
         event_type,

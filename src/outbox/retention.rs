@@ -17,10 +17,10 @@ pub struct Holds {
     /// delivered or dead-lettered. A sink that has delivered nothing (0)
     /// holds everything.
     pub cursors: BTreeMap<String, i64>,
-    /// The first seq still needed by a session that is not yet written
-    /// (a session-assembling format reads a whole session when it ends, so
-    /// its events stay past that sink's cursor).
-    pub open_sessions_from: Option<i64>,
+    /// For each session-assembling sink, the first seq still needed by a
+    /// session it has not written yet (it reads a whole session when the
+    /// session ends, so those events stay past its cursor).
+    pub open_sessions: BTreeMap<String, i64>,
     /// The first seq the change feed must keep replayable (`feed.retain`).
     pub feed_from: Option<i64>,
 }
@@ -29,9 +29,11 @@ pub struct Holds {
 pub fn deletable_upto(holds: &Holds) -> Option<i64> {
     // With no sink nothing is ever delivered, so nothing is done with.
     let delivered = holds.cursors.values().copied().min()?;
-    let kept_from = [holds.open_sessions_from, holds.feed_from]
-        .into_iter()
-        .flatten()
+    let kept_from = holds
+        .open_sessions
+        .values()
+        .copied()
+        .chain(holds.feed_from)
         .min();
     let upto = match kept_from {
         Some(first_kept) => delivered.min(first_kept - 1),
@@ -73,13 +75,20 @@ mod tests {
 
     #[test]
     fn an_open_session_holds_its_events_past_the_cursor() {
-        let mut holds = sinks(&[("sessions", 900)]);
-        holds.open_sessions_from = Some(300);
+        let mut holds = sinks(&[("sessions", 900), ("s3", 950)]);
+        holds.open_sessions.insert("sessions".into(), 300);
         assert_eq!(deletable_upto(&holds), Some(299));
-        holds.open_sessions_from = Some(1);
+        holds.open_sessions.insert("other_sessions".into(), 120);
+        assert_eq!(
+            deletable_upto(&holds),
+            Some(119),
+            "every sessions sink holds"
+        );
+        holds.open_sessions.clear();
+        holds.open_sessions.insert("sessions".into(), 1);
         assert_eq!(deletable_upto(&holds), None);
         // A session opened after the cursor holds nothing the cursor does not.
-        holds.open_sessions_from = Some(2000);
+        holds.open_sessions.insert("sessions".into(), 2000);
         assert_eq!(deletable_upto(&holds), Some(900));
     }
 
@@ -88,7 +97,7 @@ mod tests {
         let mut holds = sinks(&[("s3", 900)]);
         holds.feed_from = Some(701);
         assert_eq!(deletable_upto(&holds), Some(700));
-        holds.open_sessions_from = Some(500);
+        holds.open_sessions.insert("sessions".into(), 500);
         assert_eq!(deletable_upto(&holds), Some(499), "the lowest hold wins");
     }
 }

@@ -14,6 +14,8 @@ pub struct Settings {
     /// A client-chosen id accepted within this window is a duplicate.
     pub dedup_window: Duration,
     pub dedup_max_ids: u64,
+    /// Keep the index session assembly reads by (a sink assembles sessions).
+    pub index_sessions: bool,
 }
 
 impl Settings {

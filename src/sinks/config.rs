@@ -44,6 +44,32 @@ impl Default for RetryConfig {
     }
 }
 
+/// How a session-assembling sink (`format = "openai_sessions"`) decides a
+/// session is finished, and how large one line may grow.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionsConfig {
+    /// Event types that end their session (the event is part of it).
+    pub end_types: Vec<String>,
+    /// A session with no event for this long is finished.
+    pub idle_timeout: HumanDuration,
+    /// A session whose events' bodies exceed this is written as numbered
+    /// parts, each a valid conversation.
+    pub max_bytes: ByteSize,
+}
+
+impl SessionsConfig {
+    pub fn default_end_types() -> Vec<String> {
+        [
+            "session.ended",
+            "run.finished",
+            "run.failed",
+            "run.cancelled",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
 /// A configured sink: common settings plus its protocol.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SinkConfig {
@@ -55,6 +81,9 @@ pub struct SinkConfig {
     pub compression: Compression,
     pub batch: BatchConfig,
     pub retry: RetryConfig,
+    /// Set for session-assembling formats only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsConfig>,
     #[serde(flatten)]
     pub protocol: Protocol,
 }
@@ -84,6 +113,9 @@ struct RawSink {
     batch: BatchOverrides,
     #[serde(default)]
     retry: RetryConfig,
+    session_end_types: Option<Vec<String>>,
+    session_idle_timeout: Option<HumanDuration>,
+    session_max_bytes: Option<ByteSize>,
     #[serde(flatten)]
     rest: serde_json::Map<String, serde_json::Value>,
 }
@@ -108,6 +140,36 @@ impl<'de> Deserialize<'de> for SinkConfig {
         let exclude_types = raw
             .exclude_types
             .unwrap_or_else(|| format.default_exclude_types());
+        let batch = BatchConfig {
+            max_events: raw.batch.max_events.unwrap_or(defaults.max_events),
+            max_bytes: raw.batch.max_bytes.unwrap_or(defaults.max_bytes),
+            max_age: raw.batch.max_age.unwrap_or(defaults.max_age),
+        };
+        let sessions = if format.assembles_sessions() {
+            Some(SessionsConfig {
+                end_types: raw
+                    .session_end_types
+                    .unwrap_or_else(SessionsConfig::default_end_types),
+                idle_timeout: raw
+                    .session_idle_timeout
+                    .unwrap_or(HumanDuration::secs(30 * 60)),
+                max_bytes: raw
+                    .session_max_bytes
+                    .unwrap_or(ByteSize(batch.max_bytes.0 / 2)),
+            })
+        } else {
+            let given = [
+                ("session_end_types", raw.session_end_types.is_some()),
+                ("session_idle_timeout", raw.session_idle_timeout.is_some()),
+                ("session_max_bytes", raw.session_max_bytes.is_some()),
+            ];
+            if let Some((key, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(D::Error::custom(format!(
+                    "`{key}` applies only to format = \"openai_sessions\""
+                )));
+            }
+            None
+        };
         for pattern in raw.include_types.iter().chain(&exclude_types) {
             glob::Pattern::new(pattern)
                 .map_err(|e| D::Error::custom(format!("`{pattern}` is not a glob pattern: {e}")))?;
@@ -119,12 +181,9 @@ impl<'de> Deserialize<'de> for SinkConfig {
             min_fidelity: raw.min_fidelity,
             format,
             compression: raw.compression,
-            batch: BatchConfig {
-                max_events: raw.batch.max_events.unwrap_or(defaults.max_events),
-                max_bytes: raw.batch.max_bytes.unwrap_or(defaults.max_bytes),
-                max_age: raw.batch.max_age.unwrap_or(defaults.max_age),
-            },
+            batch,
             retry: raw.retry,
+            sessions,
             protocol,
         })
     }
@@ -164,6 +223,21 @@ impl SinkConfig {
                 "{}: must be at least 1 (or unset for unlimited)",
                 key("retry.max_attempts")
             ));
+        }
+        if let Some(sessions) = &self.sessions {
+            if sessions.idle_timeout.0.is_zero() {
+                return Err(format!(
+                    "{}: must be greater than 0",
+                    key("session_idle_timeout")
+                ));
+            }
+            if sessions.max_bytes.0 < 1024 || sessions.max_bytes > self.batch.max_bytes {
+                return Err(format!(
+                    "{}: must be at least 1KiB and at most batch.max_bytes ({})",
+                    key("session_max_bytes"),
+                    self.batch.max_bytes
+                ));
+            }
         }
         if self.kind.message_per_event()
             && (self.format != BodyFormat::Ndjson || self.compression != Compression::None)

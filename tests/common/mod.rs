@@ -600,3 +600,22 @@ pub fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String, String) 
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Every line of the `.jsonl` files in `dir` (in file-name order), as JSON.
+pub fn json_lines_in(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    files.sort_by_key(|f| f.file_name());
+    files
+        .iter()
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".jsonl"))
+        .flat_map(|f| {
+            std::fs::read_to_string(f.path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

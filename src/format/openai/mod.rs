@@ -16,6 +16,7 @@
 //! silently. Every record carries its provenance in `metadata`.
 
 pub mod chat;
+pub mod sessions;
 
 use crate::event::StoredEvent;
 use serde::Serialize;

@@ -4,7 +4,7 @@
 use super::Writer;
 use crate::clock::now_ms;
 use crate::outbox::progress::{self, SinkOp};
-use crate::outbox::retention;
+use crate::outbox::{retention, sessions};
 use crate::telemetry::names;
 use rusqlite::{params, Connection};
 
@@ -24,13 +24,28 @@ impl Writer {
                 SinkOp::Register { sinks } => Some(progress::cursors(&tx, sinks)?),
                 _ => None,
             };
+            // Which sinks' session holds may have changed, and to what.
+            let session_holds = match (&op, &registered) {
+                (SinkOp::Register { sinks }, _) => sessions::holds(&tx, sinks)?,
+                (SinkOp::Sessions { sink, .. }, _) => {
+                    sessions::holds(&tx, std::slice::from_ref(sink))?
+                }
+                _ => Vec::new(),
+            };
             tx.commit()?;
-            Ok((count, cursor, registered))
+            Ok((count, cursor, registered, session_holds))
         });
         match result {
-            Ok((count, cursor, registered)) => {
+            Ok((count, cursor, registered, session_holds)) => {
                 if let Some(registered) = registered {
                     self.holds.cursors = registered.into_iter().collect();
+                    self.holds.open_sessions.clear();
+                }
+                for (sink, held) in session_holds {
+                    match held {
+                        Some(first) => self.holds.open_sessions.insert(sink, first),
+                        None => self.holds.open_sessions.remove(&sink),
+                    };
                 }
                 if matches!(op, SinkOp::Requeue { .. }) && count > 0 {
                     self.stats.requeue_watch.send_modify(|n| *n += 1);
