@@ -48,17 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits,
         ));
     }
-    if let Some(addr) = config.http_listen() {
-        let listener = listen::bind_tcp("ingest", addr).await?;
-        let router = ingest::router(ingest_state.with_token(config.auth_token()));
-        tracing::info!(addr = %listener.local_addr()?, "ingest listening (http)");
-        servers.spawn(listen::serve_tcp(
-            listener,
-            router,
-            trigger.subscribe(),
-            limits,
-        ));
-    }
+    // The socket before TCP: whoever sees the HTTP port answer finds the socket too.
     if let Some(path) = config.unix_socket_path() {
         let (listener, file) = listen::bind_unix(
             &path,
@@ -73,6 +63,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits,
         ));
         socket_file = Some(file);
+    }
+    if let Some(addr) = config.http_listen() {
+        let listener = listen::bind_tcp("ingest", addr).await?;
+        let router = ingest::router(ingest_state.with_token(config.auth_token()));
+        tracing::info!(addr = %listener.local_addr()?, "ingest listening (http)");
+        servers.spawn(listen::serve_tcp(
+            listener,
+            router,
+            trigger.subscribe(),
+            limits,
+        ));
     }
     drop(ingest_state);
     // Listeners are bound (a clash fails start-up before anything runs); now the sinks.
