@@ -3,6 +3,10 @@
 -- session id seen again after its session ended starts a new row). The
 -- events themselves stay in `events` until their session is written; the
 -- lowest `first_seq` here holds them (see outbox/retention.rs).
+-- A rowid table on purpose: WITHOUT ROWID, SQLite's planner picked the
+-- primary key (sink, ...) over sessions_open for the scan's updates, a walk
+-- over every row of the sink per update (measured: 30x slower ingest with
+-- 10,000 sessions open).
 CREATE TABLE sessions (
     sink             TEXT    NOT NULL,
     -- The seq of the session's first event: names the instance.
@@ -24,8 +28,9 @@ CREATE TABLE sessions (
     -- here are in it. Fixed before the first attempt, like a batch range.
     sending_upto     INTEGER,
     PRIMARY KEY (sink, first_seq)
-) WITHOUT ROWID;
+);
 
 CREATE INDEX sessions_open ON sessions (sink, session_id) WHERE ended_by IS NULL;
 CREATE INDEX sessions_idle ON sessions (sink, last_received_ms) WHERE ended_by IS NULL;
 CREATE INDEX sessions_ended ON sessions (sink, last_seq) WHERE ended_by IS NOT NULL;
+CREATE INDEX sessions_sending ON sessions (sink, last_seq) WHERE sending_upto IS NOT NULL;

@@ -478,11 +478,14 @@ mod tests {
             &secret.display().to_string(),
         );
         let config = load_text(&text, &[]).unwrap();
-        assert_eq!(config.sinks.len(), 5);
+        assert_eq!(config.sinks.len(), 6);
         assert_eq!(
             config.sinks["training"].format,
             crate::format::BodyFormat::OpenaiChat
         );
+        let sessions = config.sinks["conversations"].sessions.as_ref().unwrap();
+        assert_eq!(sessions.max_bytes, crate::units::ByteSize::mib(4));
+        assert_eq!(sessions.idle_timeout, HumanDuration::secs(30 * 60));
         let lake = &config.sinks["lake"];
         assert_eq!(lake.batch.max_age, HumanDuration::secs(60));
         assert_eq!(config.sinks["ingest"].retry.max_attempts, Some(20));

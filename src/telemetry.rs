@@ -28,6 +28,7 @@ pub mod names {
     pub const SINK_ATTEMPTS: &str = "outboxd_sink_attempts_total";
     pub const SINK_RETRIES: &str = "outboxd_sink_retries_total";
     pub const SINK_SPLITS: &str = "outboxd_sink_splits_total";
+    pub const SINK_SESSIONS: &str = "outboxd_sink_sessions_total";
     pub const SINK_DEAD_LETTERED: &str = "outboxd_sink_dead_lettered_events_total";
     pub const SINK_LAG_EVENTS: &str = "outboxd_sink_lag_events";
     pub const SINK_LAG_SECONDS: &str = "outboxd_sink_lag_seconds";
@@ -135,6 +136,10 @@ fn describe() {
     describe_counter!(
         SINK_RETRIES,
         "Attempts that will be retried after a backoff, per sink."
+    );
+    describe_counter!(
+        SINK_SESSIONS,
+        "Sessions (or parts) a session-assembling sink finished, by result: written, empty (no conversation message: no line), dead_lettered."
     );
     describe_counter!(
         SINK_SPLITS,

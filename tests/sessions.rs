@@ -522,7 +522,7 @@ fn crash_request(rng: &mut fastrand::Rng, next: &mut u64) -> (Vec<(String, usize
     for _ in 0..rng.usize(2..6) {
         *next += 1;
         let id = format!("k{next}");
-        let turns = if *next % 5 == 0 {
+        let turns = if next.is_multiple_of(5) {
             120
         } else {
             rng.usize(1..12)
@@ -606,16 +606,10 @@ async fn kill9_at_random_moments_writes_every_session_exactly_once() {
         daemon.spawn().await;
     }
     assert!(!acked.is_empty(), "the load got nothing acknowledged");
-    let written = |lines: &[Value]| {
-        let finished: BTreeSet<&str> = lines
-            .iter()
-            .filter(|l| l["metadata"]["last_part"] != false)
-            .map(session_of)
-            .collect();
-        acked.keys().all(|id| finished.contains(id.as_str()))
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while !written(&s3_lines(&server, "crash")) {
+    // Every request carried whole sessions, so once all are written the
+    // outbox is empty (written sessions leave it); then read S3 once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while common::sample(&daemon.metrics().await, "outboxd_outbox_events") != Some(0.0) {
         assert!(
             std::time::Instant::now() < deadline,
             "acknowledged sessions never all written:\n{}",
@@ -659,5 +653,119 @@ async fn kill9_at_random_moments_writes_every_session_exactly_once() {
         "{} sessions, {} lines, exactly once",
         by_session.len(),
         lines.len()
+    );
+}
+
+#[tokio::test]
+async fn a_session_partly_evicted_by_drop_oldest_is_written_with_what_remains() {
+    let daemon = Daemon::start(
+        "[outbox]\nmax_bytes = \"16KiB\"\nwhen_full = \"drop_oldest\"\n\
+         [sinks.sessions]\nkind = \"file\"\ndir = \"sessions\"\nformat = \"openai_sessions\"\n\
+         session_idle_timeout = \"1h\"\n",
+    )
+    .await;
+    let turns: Vec<Value> = (0..10)
+        .map(|i| {
+            message(
+                &format!("t{i}"),
+                "bot",
+                "kept",
+                "user",
+                &format!("turn {i}"),
+            )
+        })
+        .collect();
+    assert!(daemon
+        .post("application/x-ndjson", ndjson(&turns))
+        .await
+        .status
+        .is_success());
+    // The sink counts the session's events before any is evicted.
+    daemon
+        .wait_sink("sessions", Duration::from_secs(60), |s| s["cursor"] == 10)
+        .await;
+    // Fill the quota one event at a time until it evicted the first turns.
+    let filler = "f".repeat(300);
+    for i in 0.. {
+        if daemon.stored().await.iter().all(|e| e.id != "t1") {
+            break;
+        }
+        assert!(i < 1000, "the quota never evicted anything");
+        let other = json!({"id": format!("o{i}"), "type": "note", "data": filler});
+        assert!(daemon
+            .post("application/json", other.to_string())
+            .await
+            .status
+            .is_success());
+    }
+    let end = [event("t-end", "session.ended", "bot", "kept", json!({}))];
+    assert!(daemon
+        .post("application/x-ndjson", ndjson(&end))
+        .await
+        .status
+        .is_success());
+    let dir = daemon.data_dir().join("sessions");
+    common::eventually("the session is written", || async {
+        !common::json_lines_in(&dir).is_empty()
+    })
+    .await;
+    let line = &common::json_lines_in(&dir)[0];
+    check_line(line);
+    let meta = &line["metadata"];
+    let (events, lost) = (
+        meta["events"].as_i64().unwrap(),
+        meta["lost_events"].as_i64().unwrap(),
+    );
+    assert!(lost > 0, "{meta}");
+    assert_eq!(events + lost, 11, "{meta}");
+    let kept: Vec<String> = contents(line);
+    let expected: Vec<String> = (11 - events..10).map(|i| format!("turn {i}")).collect();
+    assert_eq!(kept, expected, "the newest turns remain");
+}
+
+#[test]
+fn session_keys_are_checked_and_named_in_errors() {
+    let sink = "[sinks.s]\nkind = \"file\"\ndir = \"s\"\n";
+    for (extra, expected) in [
+        (
+            "session_idle_timeout = \"5m\"\n",
+            "`session_idle_timeout` applies only to format = \"openai_sessions\"",
+        ),
+        (
+            "format = \"openai_sessions\"\nsession_max_bytes = \"1GiB\"\n",
+            "sinks.s.session_max_bytes: must be at least 1KiB and at most batch.max_bytes",
+        ),
+        (
+            "format = \"openai_sessions\"\nsession_idle_timeout = \"0s\"\n",
+            "sinks.s.session_idle_timeout: must be greater than 0",
+        ),
+        (
+            "format = \"openai_sessions\"\nsession_end_types = \"run.finished\"\n",
+            "session_end_types",
+        ),
+    ] {
+        let (ok, _, stderr) = common::check_config(&format!("{sink}{extra}"), &[]);
+        assert!(!ok, "{extra} was accepted");
+        assert!(stderr.contains(expected), "{extra}: {stderr}");
+    }
+    let (ok, stdout, stderr) =
+        common::check_config(&format!("{sink}format = \"openai_sessions\"\n"), &[]);
+    assert!(ok, "{stderr}");
+    let printed: toml::Value = toml::from_str(&stdout).unwrap();
+    let sink = &printed["sinks"]["s"];
+    assert_eq!(
+        sink["session_idle_timeout"].as_str(),
+        Some("30m"),
+        "{stdout}"
+    );
+    assert_eq!(sink["session_max_bytes"].as_str(), Some("4MiB"), "{stdout}");
+    assert_eq!(sink["session_end_types"].as_array().map(Vec::len), Some(4));
+    // What check-config prints is a config it accepts.
+    let (ok, again, stderr) = common::check_config(&stdout, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(again, stdout);
+    assert_eq!(
+        printed["sinks"]["s"]["exclude_types"],
+        toml::Value::Array(vec!["heartbeat".into(), "*.heartbeat".into()])
     );
 }

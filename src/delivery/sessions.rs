@@ -38,6 +38,8 @@ struct Assembled {
     batch: EncodedBatch,
     units: Vec<SessionUnit>,
     seqs: Vec<i64>,
+    /// Sessions that made a line (the others had no conversation message).
+    lines: usize,
 }
 
 /// Splits a scanned chunk into per-session runs: events this sink takes
@@ -240,6 +242,7 @@ impl Delivery {
         let mut units = Vec::with_capacity(rows.len());
         let mut seqs = Vec::new();
         let mut first_received_ms = i64::MAX;
+        let mut lines = 0;
         for row in rows {
             let upto = row.sending_upto.unwrap_or(row.last_seq);
             let mut events = Vec::new();
@@ -272,7 +275,9 @@ impl Delivery {
                     0
                 },
             };
-            write_session(&events, &info, &mut plain);
+            if write_session(&events, &info, &mut plain) {
+                lines += 1;
+            }
             if let Some(first) = events.first() {
                 first_received_ms = first_received_ms.min(first.received_ms);
             }
@@ -294,24 +299,38 @@ impl Delivery {
             first_received_ms
         };
         batch.events = seqs.len();
-        Some(Assembled { batch, units, seqs })
+        Some(Assembled {
+            batch,
+            units,
+            seqs,
+            lines,
+        })
     }
 
     /// Sends the object in flight to its end. None when stopping.
     async fn send_sessions(&mut self, rows: &[SessionRow]) -> Option<()> {
-        let Assembled { batch, units, seqs } = self.assemble(rows).await?;
+        let Assembled {
+            batch,
+            units,
+            seqs,
+            lines,
+        } = self.assemble(rows).await?;
+        let empty = (units.len() - lines) as u64;
+        if lines == 0 {
+            // Nothing to send: the sessions are done all the same.
+            self.session_op(SessionOp::Sent { units, dead: None })
+                .await?;
+            self.count_sessions("empty", empty);
+            return Some(());
+        }
         self.status.batch(Some((batch.first_seq, batch.last_seq)));
         match self.attempt(&batch, units.len() > 1).await {
             Verdict::Delivered => {
                 self.session_op(SessionOp::Sent { units, dead: None })
                     .await?;
-                metrics::counter!(names::SINK_EVENTS, "sink" => self.name.clone())
-                    .increment(batch.events as u64);
-                metrics::counter!(names::SINK_BATCHES, "sink" => self.name.clone()).increment(1);
-                metrics::counter!(names::SINK_BYTES, "sink" => self.name.clone())
-                    .increment(batch.body.len() as u64);
-                metrics::histogram!(names::SINK_BATCH_EVENTS, "sink" => self.name.clone())
-                    .record(batch.events as f64);
+                self.count_delivered(&batch);
+                self.count_sessions("written", lines as u64);
+                self.count_sessions("empty", empty);
             }
             Verdict::Dead(kind, reason) => {
                 tracing::warn!(sink = %self.name, sessions = units.len(), events = seqs.len(), %reason, "dead-lettering sessions");
@@ -323,6 +342,8 @@ impl Delivery {
                 .await?;
                 metrics::counter!(names::SINK_DEAD_LETTERED, "sink" => self.name.clone(), "reason" => kind)
                     .increment(events);
+                self.count_sessions("dead_lettered", lines as u64);
+                self.count_sessions("empty", empty);
             }
             Verdict::Split => {
                 // Nothing of it was stored: the first half goes alone, the
@@ -339,6 +360,13 @@ impl Delivery {
         }
         self.status.batch(None);
         Some(())
+    }
+
+    fn count_sessions(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            metrics::counter!(names::SINK_SESSIONS, "sink" => self.name.clone(), "result" => result)
+                .increment(n);
+        }
     }
 
     async fn session_op(&self, op: SessionOp) -> Option<u64> {

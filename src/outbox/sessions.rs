@@ -187,12 +187,16 @@ impl Outbox {
         in_flight: bool,
         limit: i64,
     ) -> Result<Vec<SessionRow>, sqlx::Error> {
+        // Two statements, so that each can use its partial index.
+        let which = if in_flight {
+            "sending_upto IS NOT NULL"
+        } else {
+            "ended_by IS NOT NULL"
+        };
         sqlx::query_as(&format!(
-            "SELECT {ROW_COLUMNS} FROM sessions WHERE sink = ? AND ended_by IS NOT NULL \
-             AND (? = 0 OR sending_upto IS NOT NULL) ORDER BY last_seq LIMIT ?"
+            "SELECT {ROW_COLUMNS} FROM sessions WHERE sink = ? AND {which} ORDER BY last_seq LIMIT ?"
         ))
         .bind(sink)
-        .bind(in_flight)
         .bind(limit)
         .fetch_all(&self.readers)
         .await

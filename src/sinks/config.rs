@@ -49,11 +49,14 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SessionsConfig {
     /// Event types that end their session (the event is part of it).
+    #[serde(rename = "session_end_types")]
     pub end_types: Vec<String>,
     /// A session with no event for this long is finished.
+    #[serde(rename = "session_idle_timeout")]
     pub idle_timeout: HumanDuration,
     /// A session whose events' bodies exceed this is written as numbered
     /// parts, each a valid conversation.
+    #[serde(rename = "session_max_bytes")]
     pub max_bytes: ByteSize,
 }
 
@@ -81,8 +84,9 @@ pub struct SinkConfig {
     pub compression: Compression,
     pub batch: BatchConfig,
     pub retry: RetryConfig,
-    /// Set for session-assembling formats only.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Set for session-assembling formats only (printed as the flat
+    /// `session_*` keys it was read from).
+    #[serde(flatten)]
     pub sessions: Option<SessionsConfig>,
     #[serde(flatten)]
     pub protocol: Protocol,

@@ -184,7 +184,10 @@ fn tool_definitions(body: &str) -> Vec<(String, &RawValue)> {
 }
 
 /// Appends the session line for `events` (one session's, in seq order).
-pub fn write_session(events: &[StoredEvent], info: &SessionInfo, out: &mut Vec<u8>) {
+/// A session without a single conversation message (only lifecycle events,
+/// or every event lost) writes nothing: an empty conversation is not a
+/// training example. Returns whether a line was written.
+pub fn write_session(events: &[StoredEvent], info: &SessionInfo, out: &mut Vec<u8>) -> bool {
     let mut metadata = Metadata {
         session_id: info.session_id,
         agents: Vec::new(),
@@ -370,6 +373,9 @@ pub fn write_session(events: &[StoredEvent], info: &SessionInfo, out: &mut Vec<u
             }
         }
     }
+    if messages.is_empty() {
+        return false;
+    }
     let line = Line {
         messages,
         tools: tools.into_iter().map(|(_, tool)| tool).collect(),
@@ -377,6 +383,7 @@ pub fn write_session(events: &[StoredEvent], info: &SessionInfo, out: &mut Vec<u
     };
     serde_json::to_writer(&mut *out, &line).expect("writing to memory");
     out.push(b'\n');
+    true
 }
 
 fn is_blank(content: &Content) -> bool {
@@ -574,6 +581,22 @@ mod tests {
     }
 
     #[test]
+    fn a_session_without_conversation_writes_nothing() {
+        let lifecycle = [
+            stored(1, json!({"type": "session.started"})),
+            stored(2, json!({"type": "session.ended"})),
+        ];
+        let mut out = Vec::new();
+        assert!(!write_session(
+            &lifecycle,
+            &SessionInfo::default(),
+            &mut out
+        ));
+        assert!(!write_session(&[], &SessionInfo::default(), &mut out));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn the_same_events_always_give_the_same_bytes() {
         let events = [say(1, "user", "q"), call(2, "a"), result(3, "a")];
         let info = SessionInfo {
@@ -583,8 +606,8 @@ mod tests {
             lost_events: 3,
         };
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        write_session(&events, &info, &mut a);
-        write_session(&events, &info, &mut b);
+        assert!(write_session(&events, &info, &mut a));
+        assert!(write_session(&events, &info, &mut b));
         assert_eq!(a, b);
         let line: Value = serde_json::from_slice(&a).unwrap();
         assert_eq!(
