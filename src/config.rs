@@ -1,6 +1,7 @@
 //! Typed configuration: defaults, loading from TOML plus `OUTBOXD_*`
 //! environment overrides, validation with key paths.
 
+use crate::ingest::store::StoreMode;
 use crate::outbox::OutboxConfig;
 use crate::secret::{resolve_secret, Secret};
 use crate::sinks::config::SinkConfig;
@@ -84,6 +85,10 @@ pub struct IngestConfig {
     /// Allow `http_listen` on a non-loopback address without a token: anyone
     /// who reaches the port may then write events and manage dead letters.
     pub allow_unauthenticated_remote: bool,
+    /// Which events are stored: `full`, `compacted` (no `observed` ones) or `none`.
+    pub store: StoreMode,
+    /// Event types (globs) never stored, whatever `store` says.
+    pub ephemeral_types: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -128,6 +133,8 @@ impl Default for IngestConfig {
             auth_token_env: None,
             auth_token_file: None,
             allow_unauthenticated_remote: false,
+            store: StoreMode::Full,
+            ephemeral_types: Vec::new(),
         }
     }
 }
@@ -213,6 +220,14 @@ impl Config {
             return Err(ConfigError(
                 "ingest: both http_listen and unix_socket are disabled; enable at least one".into(),
             ));
+        }
+        for pattern in &ingest.ephemeral_types {
+            glob::Pattern::new(pattern).map_err(|e| {
+                error_at(
+                    "ingest.ephemeral_types",
+                    format!("`{pattern}` is not a glob pattern: {e}"),
+                )
+            })?;
         }
         if !ingest.http_listen.is_empty() {
             parse_listen("ingest.http_listen", &ingest.http_listen)?;

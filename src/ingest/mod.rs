@@ -8,10 +8,12 @@ mod binary;
 pub mod decode;
 mod error;
 pub mod listen;
+pub mod store;
 
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::event::parse::{parse_body, Format, Limits};
+use crate::event::Event;
 use crate::outbox::Outbox;
 use crate::telemetry::names;
 use axum::body::Body;
@@ -38,6 +40,7 @@ struct Shared {
     body_timeout: std::time::Duration,
     inflight: Semaphore,
     inflight_permits: u32,
+    store: store::StorePolicy,
 }
 
 /// Router state: shared parts plus what differs per listener.
@@ -65,6 +68,7 @@ impl IngestState {
                 body_timeout: config.ingest.body_timeout.0,
                 inflight: Semaphore::new(permits as usize),
                 inflight_permits: permits,
+                store: store::StorePolicy::new(config.ingest.store, &config.ingest.ephemeral_types),
             }),
             token: None,
         }
@@ -148,8 +152,11 @@ mod tests {
 
 #[derive(Serialize)]
 struct Accepted {
+    /// Events stored (new ones; duplicates are not stored again).
     accepted: usize,
     duplicates: usize,
+    /// Events valid but not stored by `ingest.store` / `ephemeral_types`.
+    skipped: usize,
     last_seq: i64,
 }
 
@@ -239,14 +246,40 @@ async fn ingest(
             .into_bytes()
             .into();
     }
-    let events = parse_body(&decoded, format, &shared.limits, now_ms())?;
+    let mut events = parse_body(&decoded, format, &shared.limits, now_ms())?;
     drop(decoded);
+    let skipped = skip_unstored(&shared.store, &mut events);
+    if events.is_empty() {
+        return Ok(Accepted {
+            accepted: 0,
+            duplicates: 0,
+            skipped,
+            last_seq: shared.outbox.last_seq(),
+        });
+    }
     let ack = shared.outbox.append(events).await?;
     Ok(Accepted {
         accepted: ack.accepted,
         duplicates: ack.duplicates,
+        skipped,
         last_seq: ack.last_seq,
     })
+}
+
+/// Removes the events the store policy does not keep; returns how many.
+fn skip_unstored(policy: &store::StorePolicy, events: &mut Vec<Event>) -> usize {
+    if policy.stores_everything() {
+        return 0;
+    }
+    let before = events.len();
+    events.retain(|event| match policy.skips(event) {
+        Some(reason) => {
+            metrics::counter!(names::INGEST_SKIPPED, "reason" => reason.label()).increment(1);
+            false
+        }
+        None => true,
+    });
+    before - events.len()
 }
 
 /// Reads the body, holding in-flight permits for the bytes as they arrive,
