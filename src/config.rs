@@ -29,9 +29,30 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub feed: FeedConfig,
     pub shutdown: ShutdownConfig,
     /// Where events go: `[sinks.NAME]` with `kind = "s3" | "http" | "file"`.
     pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// The change feed (`GET /v1/events`, `GET /v1/stream`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// Delivered events stay replayable this long (within the outbox quota,
+    /// which wins); 0 keeps only what the sinks have not delivered yet.
+    pub retain: HumanDuration,
+    /// Open `/v1/stream` subscribers at most; more are answered 503.
+    pub max_subscribers: usize,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            retain: HumanDuration::secs(0),
+            max_subscribers: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -106,6 +127,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+            feed: FeedConfig::default(),
             shutdown: ShutdownConfig::default(),
             sinks: BTreeMap::new(),
         }
@@ -220,6 +242,9 @@ impl Config {
             return Err(ConfigError(
                 "ingest: both http_listen and unix_socket are disabled; enable at least one".into(),
             ));
+        }
+        if self.feed.max_subscribers == 0 {
+            return Err(error_at("feed.max_subscribers", "must be at least 1"));
         }
         for pattern in &ingest.ephemeral_types {
             glob::Pattern::new(pattern).map_err(|e| {
@@ -352,6 +377,7 @@ impl Config {
             outbox: self.outbox.clone(),
             dedup_window: self.ingest.dedup_window.0,
             dedup_max_ids: self.ingest.dedup_max_ids,
+            feed_retain: self.feed.retain.0,
             index_sessions: self
                 .sinks
                 .values()

@@ -28,7 +28,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map(|(name, sink)| Arc::new(SinkStatus::new(name, sink.kind.as_str(), 0)))
             .collect(),
     );
-    let ingest_state = IngestState::new(&config, opened.outbox.clone(), sinks.clone());
+    let ingest_state = IngestState::new(
+        &config,
+        opened.outbox.clone(),
+        sinks.clone(),
+        Some(trigger.subscribe()),
+    );
     let mut servers = JoinSet::new();
     let mut socket_file = None;
     let limits = listen::ConnectionLimits::from_config(&config);

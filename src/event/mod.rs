@@ -92,5 +92,16 @@ pub struct StoredEvent {
     pub body: Vec<u8>,
 }
 
+/// An event as live subscribers of the change feed see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEvent {
+    /// None for an event `ingest.store` did not keep: it cannot be replayed.
+    pub seq: Option<i64>,
+    pub event_type: String,
+    pub session_id: Option<String>,
+    /// The canonical JSON envelope.
+    pub body: String,
+}
+
 /// Per-event allowance for row and index overhead in the byte quota.
 pub const ROW_OVERHEAD_BYTES: u64 = 64;

@@ -7,13 +7,14 @@ pub mod admin;
 mod binary;
 pub mod decode;
 mod error;
+pub mod feed;
 pub mod listen;
 pub mod store;
 
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::event::parse::{parse_body, Format, Limits};
-use crate::event::Event;
+use crate::event::{Event, LiveEvent};
 use crate::outbox::Outbox;
 use crate::telemetry::names;
 use axum::body::Body;
@@ -41,6 +42,7 @@ struct Shared {
     inflight: Semaphore,
     inflight_permits: u32,
     store: store::StorePolicy,
+    feed: feed::Feed,
 }
 
 /// Router state: shared parts plus what differs per listener.
@@ -52,7 +54,13 @@ pub struct IngestState {
 }
 
 impl IngestState {
-    pub fn new(config: &Config, outbox: Outbox, sinks: admin::SinkRegistry) -> Self {
+    /// `shutdown` ends open feed streams when the daemon stops.
+    pub fn new(
+        config: &Config,
+        outbox: Outbox,
+        sinks: admin::SinkRegistry,
+        shutdown: Option<crate::shutdown::Shutdown>,
+    ) -> Self {
         let permits = (config.ingest.max_inflight_bytes.as_usize() / PERMIT_BYTES)
             .clamp(1, u32::MAX as usize >> 4) as u32;
         IngestState {
@@ -69,6 +77,7 @@ impl IngestState {
                 inflight: Semaphore::new(permits as usize),
                 inflight_permits: permits,
                 store: store::StorePolicy::new(config.ingest.store, &config.ingest.ephemeral_types),
+                feed: feed::Feed::new(config.feed.max_subscribers, shutdown),
             }),
             token: None,
         }
@@ -86,7 +95,8 @@ impl IngestState {
 pub fn router(state: IngestState) -> Router {
     let auth = axum::middleware::from_fn_with_state(state.clone(), require_token);
     Router::new()
-        .route("/v1/events", post(post_events))
+        .route("/v1/events", post(post_events).get(feed::page))
+        .route("/v1/stream", get(feed::stream))
         .route("/v1/sinks", get(admin::sinks))
         .route("/v1/dead-letters", get(admin::dead_letters))
         .route("/v1/dead-letters/replay", post(admin::replay))
@@ -95,7 +105,7 @@ pub fn router(state: IngestState) -> Router {
             IngestError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such endpoint; POST /v1/events",
+                "no such endpoint; POST /v1/events, GET /v1/events, GET /v1/stream",
             )
         })
         .layer(auth)
@@ -248,7 +258,7 @@ async fn ingest(
     }
     let mut events = parse_body(&decoded, format, &shared.limits, now_ms())?;
     drop(decoded);
-    let skipped = skip_unstored(&shared.store, &mut events);
+    let skipped = skip_unstored(&shared.store, &shared.outbox, &mut events);
     if events.is_empty() {
         return Ok(Accepted {
             accepted: 0,
@@ -266,20 +276,32 @@ async fn ingest(
     })
 }
 
-/// Removes the events the store policy does not keep; returns how many.
-fn skip_unstored(policy: &store::StorePolicy, events: &mut Vec<Event>) -> usize {
+/// Removes the events the store policy does not keep (live subscribers
+/// still get them); returns how many.
+fn skip_unstored(policy: &store::StorePolicy, outbox: &Outbox, events: &mut Vec<Event>) -> usize {
     if policy.stores_everything() {
         return 0;
     }
-    let before = events.len();
-    events.retain(|event| match policy.skips(event) {
-        Some(reason) => {
-            metrics::counter!(names::INGEST_SKIPPED, "reason" => reason.label()).increment(1);
-            false
-        }
-        None => true,
-    });
-    before - events.len()
+    let (kept, skipped): (Vec<Event>, Vec<Event>) =
+        std::mem::take(events)
+            .into_iter()
+            .partition(|event| match policy.skips(event) {
+                Some(reason) => {
+                    metrics::counter!(names::INGEST_SKIPPED, "reason" => reason.label())
+                        .increment(1);
+                    false
+                }
+                None => true,
+            });
+    *events = kept;
+    let count = skipped.len();
+    outbox.publish_unstored(skipped.into_iter().map(|event| LiveEvent {
+        seq: None,
+        event_type: event.event_type,
+        session_id: event.session_id,
+        body: event.body,
+    }));
+    count
 }
 
 /// Reads the body, holding in-flight permits for the bytes as they arrive,

@@ -21,7 +21,7 @@ pub use progress::SinkOp;
 pub use read::{DeadLetter, SinkCursor};
 pub use settings::{OnCorruption, OutboxConfig, Settings, SyncMode, WhenFull};
 
-use crate::event::Event;
+use crate::event::{Event, LiveEvent};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,7 +94,14 @@ pub struct Stats {
     pub corruption: tokio::sync::watch::Sender<Option<String>>,
     /// Quarantined databases waiting for an operator, for `/readyz`.
     pub quarantine: Option<String>,
+    /// Committed events (and ones not stored) for the change feed's live
+    /// tail; sent to only while someone listens.
+    pub live: tokio::sync::broadcast::Sender<Arc<LiveEvent>>,
 }
+
+/// Events the live tail keeps for its slowest subscriber; one further
+/// behind is cut off (`lagged`) rather than buffered without bound.
+pub const LIVE_BUFFER: usize = 1024;
 
 impl Stats {
     pub fn new(last_seq: i64, events: u64, bytes: u64) -> Stats {
@@ -108,6 +115,7 @@ impl Stats {
             requeue_watch: tokio::sync::watch::Sender::new(0),
             corruption: tokio::sync::watch::Sender::new(None),
             quarantine: None,
+            live: tokio::sync::broadcast::Sender::new(LIVE_BUFFER),
         }
     }
 
@@ -198,6 +206,21 @@ impl Outbox {
     }
 
     /// Changes whenever new events are committed.
+    /// The live tail: every event committed from now on, in seq order, and
+    /// those `ingest.store` skipped, as they arrive.
+    pub fn subscribe_live(&self) -> tokio::sync::broadcast::Receiver<Arc<LiveEvent>> {
+        self.stats.live.subscribe()
+    }
+
+    /// Hands events that are not stored to live subscribers, if any.
+    pub fn publish_unstored(&self, events: impl Iterator<Item = LiveEvent>) {
+        if self.stats.live.receiver_count() > 0 {
+            for event in events {
+                let _ = self.stats.live.send(Arc::new(event));
+            }
+        }
+    }
+
     pub fn watch_last_seq(&self) -> tokio::sync::watch::Receiver<i64> {
         self.stats.last_seq_watch.subscribe()
     }

@@ -83,6 +83,13 @@ impl Outbox {
         }))
     }
 
+    /// The oldest seq still in the outbox (None when it is empty).
+    pub async fn oldest_seq(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT MIN(seq) FROM events")
+            .fetch_one(&self.readers)
+            .await
+    }
+
     /// Receive time of the oldest event after `seq` (a sink's lag in time).
     pub async fn oldest_received_after(&self, seq: i64) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar("SELECT received_ms FROM events WHERE seq > ? ORDER BY seq LIMIT 1")

@@ -16,6 +16,8 @@ pub struct Settings {
     pub dedup_max_ids: u64,
     /// Keep the index session assembly reads by (a sink assembles sessions).
     pub index_sessions: bool,
+    /// Delivered events stay this long for the change feed (0: not at all).
+    pub feed_retain: Duration,
 }
 
 impl Settings {

@@ -5,6 +5,7 @@
 pub mod nats;
 pub mod receiver;
 pub mod s3;
+pub mod sse;
 
 use bytes::Bytes;
 use outboxd::client::{Answer, Client, Target};
@@ -234,6 +235,13 @@ impl Daemon {
             .collect();
         let answer = self.post("application/x-ndjson", body).await;
         assert_eq!(answer.status, hyper::StatusCode::OK, "{:?}", answer.body);
+    }
+
+    /// `GET path` on the ingest listener; the answer's JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let answer = self.client().get(path).await.unwrap();
+        assert!(answer.status.is_success(), "GET {path}: {:?}", answer.body);
+        answer.json()
     }
 
     /// `GET /v1/sinks`, as JSON.

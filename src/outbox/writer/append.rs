@@ -21,6 +21,19 @@ pub(super) struct Pending {
     pub(super) accepted: usize,
 }
 
+impl Pending {
+    /// The events this request stores (its duplicates left out), each with
+    /// the seq it gets.
+    pub(super) fn stored(&self) -> impl Iterator<Item = (&Event, i64)> {
+        self.events
+            .iter()
+            .zip(&self.fresh)
+            .filter(|(_, fresh)| **fresh)
+            .map(|(event, _)| event)
+            .zip(self.first_seq..)
+    }
+}
+
 /// What one group's transaction must do.
 #[derive(Default)]
 pub(super) struct Plan {
@@ -197,6 +210,7 @@ mod tests {
             dedup_max_ids: 1000,
             data_dir: std::path::PathBuf::from("unused"),
             min_free_disk: 0,
+            feed_retain_ms: 0,
         }
     }
 

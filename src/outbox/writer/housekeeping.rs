@@ -6,7 +6,7 @@ use crate::clock::now_ms;
 use crate::outbox::progress::{self, SinkOp};
 use crate::outbox::{retention, sessions};
 use crate::telemetry::names;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// Dedup rows removed per pruning pass, so a pass never stalls commits for long.
 const PRUNE_CHUNK: i64 = 50_000;
@@ -119,6 +119,32 @@ impl Writer {
             self.reclaim_wal();
         }
         result
+    }
+
+    /// Moves the change feed's hold to the first event younger than
+    /// `feed.retain` (walking forward from the last hold, so each run reads
+    /// only what aged out since).
+    pub(super) fn hold_feed_window(&mut self) {
+        if self.settings.feed_retain_ms <= 0 {
+            return;
+        }
+        let cutoff = now_ms() - self.settings.feed_retain_ms;
+        let from = self.holds.feed_from.unwrap_or(0);
+        let first_young = self
+            .connection
+            .query_row(
+                "SELECT seq FROM events WHERE seq >= ?1 AND received_ms > ?2 ORDER BY seq LIMIT 1",
+                params![from, cutoff],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional();
+        match first_young {
+            Ok(first) => self.holds.feed_from = Some(first.unwrap_or(self.last_seq + 1)),
+            Err(e) => {
+                self.watch_for_corruption(&e);
+                tracing::warn!(error = %e, "finding the change feed's window failed");
+            }
+        }
     }
 
     /// Drops dedup entries older than the window, or beyond `dedup_max_ids`.

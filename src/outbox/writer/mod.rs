@@ -37,6 +37,8 @@ pub struct WriterSettings {
     pub dedup_max_ids: i64,
     pub data_dir: std::path::PathBuf,
     pub min_free_disk: u64,
+    /// `feed.retain` in ms; 0 holds nothing for the feed.
+    pub feed_retain_ms: i64,
 }
 
 impl WriterSettings {
@@ -49,6 +51,7 @@ impl WriterSettings {
             dedup_max_ids: settings.dedup_max_ids as i64,
             data_dir: settings.data_dir.clone(),
             min_free_disk: settings.outbox.min_free_disk.0,
+            feed_retain_ms: settings.feed_retain.as_millis() as i64,
         }
     }
 }
@@ -106,6 +109,8 @@ impl Writer {
     /// Runs until every [`super::Outbox`] handle is dropped, then closes the database.
     pub fn run(&mut self, mut inbox: mpsc::Receiver<Command>) {
         self.publish();
+        // Before any deletion: the feed's window holds from the start.
+        self.hold_feed_window();
         let mut last_prune = Instant::now();
         loop {
             // With deletions pending, do not sleep: collect between groups.
@@ -144,6 +149,7 @@ impl Writer {
             }
             if last_prune.elapsed() >= Duration::from_secs(1) {
                 self.prune_dedup();
+                self.hold_feed_window();
                 self.restore_reserve();
                 last_prune = Instant::now();
             }
@@ -237,6 +243,7 @@ impl Writer {
                 "outbox full: evicted the oldest events"
             );
         }
+        self.publish_live(&group);
         for pending in group {
             let ack = AppendAck {
                 accepted: pending.accepted,
@@ -247,6 +254,25 @@ impl Writer {
         }
         if self.is_tight(available) {
             self.reclaim_wal();
+        }
+    }
+
+    /// Hands the committed events to the change feed's live tail, after
+    /// the commit: a subscriber that reads the outbox after subscribing can
+    /// see an event twice (it drops it by seq), never miss one.
+    fn publish_live(&self, group: &[Pending]) {
+        if self.stats.live.receiver_count() == 0 {
+            return;
+        }
+        for pending in group {
+            for (event, seq) in pending.stored() {
+                let _ = self.stats.live.send(Arc::new(crate::event::LiveEvent {
+                    seq: Some(seq),
+                    event_type: event.event_type.clone(),
+                    session_id: event.session_id.clone(),
+                    body: event.body.clone(),
+                }));
+            }
         }
     }
 
@@ -283,12 +309,7 @@ impl Writer {
                  ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, accepted_ms = excluded.accepted_ms",
             )?;
             for pending in group.iter() {
-                let fresh = pending
-                    .events
-                    .iter()
-                    .zip(&pending.fresh)
-                    .filter(|(_, f)| **f);
-                for ((event, _), seq) in fresh.zip(pending.first_seq..) {
+                for (event, seq) in pending.stored() {
                     insert_event.execute(params![
                         seq,
                         event.id,

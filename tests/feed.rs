@@ -1,0 +1,287 @@
+//! The change feed: `GET /v1/events` pages and `GET /v1/stream` (SSE, read
+//! with a real SSE parser over TCP and the Unix socket): replay then live
+//! with no gap and no duplicate, `Last-Event-ID` reconnects under
+//! concurrent ingest, `feed_reset`, `lagged`, filters, the subscriber cap,
+//! unstored events live only, and `feed.retain`.
+
+mod common;
+
+use common::sse::{self, Via};
+use common::Daemon;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn data(event: &eventsource_stream::Event) -> Value {
+    serde_json::from_str(&event.data).unwrap()
+}
+
+/// Posts `total` events in requests of 10 from 4 concurrent clients.
+fn concurrent_ingest(daemon: &Daemon, total: usize) -> tokio::task::JoinHandle<()> {
+    let clients: Vec<_> = (0..4).map(|_| daemon.client()).collect();
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for (c, mut client) in clients.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                for r in (c * 10..total).step_by(40) {
+                    let body: String = (r..(r + 10).min(total))
+                        .map(|i| {
+                            json!({"type": "step", "session_id": format!("s{}", i % 3), "data": i})
+                                .to_string()
+                                + "\n"
+                        })
+                        .collect();
+                    let answer = client
+                        .post("application/x-ndjson", body.into())
+                        .await
+                        .unwrap();
+                    assert!(answer.status.is_success());
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+}
+
+async fn every_seq_once_in_order_across_a_reconnect(
+    daemon: &Daemon,
+    via: impl Fn() -> Via<'static>,
+) {
+    let total = 3000;
+    daemon.post_ids(&common::ids("before", 50), "early").await;
+    let ingest = concurrent_ingest(daemon, total);
+    let mut seen: Vec<i64> = Vec::new();
+    let (status, mut events) = sse::open(via(), "/v1/stream?after=0", &[]).await;
+    assert_eq!(status, 200);
+    let mut reconnected = false;
+    while seen.len() < total + 50 {
+        let event = sse::next(&mut events).await;
+        // Half way the client drops the connection; on a busy machine it may
+        // also fall behind and be cut off (`lagged`). Either way it comes
+        // back with the last id it saw.
+        let lost = match &event {
+            None => true,
+            Some(event) if event.event == "lagged" => true,
+            Some(_) => seen.len() == 1500 && !reconnected,
+        };
+        if lost {
+            reconnected = true;
+            drop(events);
+            let last = seen.last().copied().unwrap_or(0).to_string();
+            let (status, again) =
+                sse::open(via(), "/v1/stream?after=0", &[("last-event-id", &last)]).await;
+            assert_eq!(status, 200);
+            events = again;
+            continue;
+        }
+        let event = event.unwrap();
+        assert_eq!(event.event, "message", "{event:?}");
+        assert_eq!(event.id, data(&event)["seq"].to_string(), "id is the seq");
+        seen.push(event.id.parse().unwrap());
+    }
+    assert!(reconnected);
+    ingest.await.unwrap();
+    let expected: Vec<i64> = (1..=(total as i64 + 50)).collect();
+    assert_eq!(
+        seen, expected,
+        "every seq once, in order, across replay, tail and reconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_then_live_sees_every_seq_once_across_a_reconnect_over_tcp() {
+    let daemon = Daemon::start("").await;
+    let port = daemon.http_port;
+    every_seq_once_in_order_across_a_reconnect(&daemon, move || Via::Tcp(port)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_then_live_sees_every_seq_once_across_a_reconnect_over_the_unix_socket() {
+    let daemon = Daemon::start("").await;
+    let socket: &'static std::path::Path = Box::leak(daemon.socket().into_boxed_path());
+    every_seq_once_in_order_across_a_reconnect(&daemon, move || Via::Unix(socket)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_is_cut_off_and_ingest_never_waits() {
+    let daemon = Daemon::start("").await;
+    let (status, mut slow) = sse::open(Via::Tcp(daemon.http_port), "/v1/stream", &[]).await;
+    assert_eq!(status, 200);
+    // Far more than the live buffer and the socket buffers hold.
+    let payload = "x".repeat(8 * 1024);
+    for r in 0..40 {
+        let body: String = (0..100)
+            .map(|i| {
+                json!({"type": "big", "data": format!("{r}-{i} {payload}")}).to_string() + "\n"
+            })
+            .collect();
+        let answer = daemon.post("application/x-ndjson", body).await;
+        assert!(
+            answer.status.is_success(),
+            "ingest never waits on a subscriber"
+        );
+    }
+    let mut last_seq = 0;
+    let lagged = loop {
+        let event = sse::next(&mut slow)
+            .await
+            .expect("a lagged event before the end");
+        if event.event == "lagged" {
+            break data(&event);
+        }
+        last_seq = event.id.parse().unwrap();
+    };
+    assert!(lagged["missed"].as_u64().unwrap() > 0, "{lagged}");
+    assert_eq!(lagged["resume_after"], last_seq, "{lagged}");
+    assert!(
+        sse::next(&mut slow).await.is_none(),
+        "the stream ends after lagged"
+    );
+    // The slot is free again, and a reconnect resumes where it stopped.
+    let after = last_seq.to_string();
+    let (status, mut again) = sse::open(
+        Via::Tcp(daemon.http_port),
+        "/v1/stream",
+        &[("last-event-id", &after)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let next = sse::next(&mut again).await.unwrap();
+    assert_eq!(next.id, (last_seq + 1).to_string());
+}
+
+fn eight_events() -> String {
+    (0..8)
+        .map(|i| json!({"id": format!("e{i}"), "type": if i % 2 == 0 { "tool.call" } else { "message" }, "session_id": format!("s{}", i % 4)}).to_string() + "\n")
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_follow_the_cursor_with_filters_and_refuse_bad_queries() {
+    let daemon = Daemon::start("").await;
+    assert!(daemon
+        .post("application/x-ndjson", eight_events())
+        .await
+        .status
+        .is_success());
+    let page = daemon
+        .client()
+        .get("/v1/events?after=2&limit=3&type=tool.*")
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200, "{:?}", page.body);
+    let page = page.json();
+    let seqs: Vec<i64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 5, 7]);
+    assert_eq!(page["next_after"], 7);
+    let session = daemon.get_json("/v1/events?session_id=s1").await;
+    let ids: Vec<&str> = session["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["e1", "e5"]);
+    assert_eq!(
+        session["next_after"], 8,
+        "the cursor passes what the filter skipped"
+    );
+    for bad in [
+        "/v1/events?after=x",
+        "/v1/events?limit=0",
+        "/v1/events?type=%5B",
+        "/v1/events?sort=desc",
+    ] {
+        let answer = daemon.client().get(bad).await.unwrap();
+        assert_eq!(answer.status, 400, "{bad}");
+        assert_eq!(answer.json()["error"], "invalid_query", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn resets_the_subscriber_cap_and_unstored_events_live() {
+    let daemon = Daemon::start(
+        "[ingest]\nstore = \"compacted\"\n[feed]\nmax_subscribers = 1\n\
+         [sinks.archive]\nkind = \"file\"\ndir = \"archive\"\n[sinks.archive.batch]\nmax_events = 4\n",
+    )
+    .await;
+    assert!(daemon
+        .post("application/x-ndjson", eight_events())
+        .await
+        .status
+        .is_success());
+    // The archive delivers and, with no feed.retain, the events go.
+    common::eventually("delivered events are deleted", || async {
+        daemon.stored().await.is_empty()
+    })
+    .await;
+    let page = daemon.get_json("/v1/events?after=0").await;
+    assert_eq!(page["reset"]["oldest_seq"], 9, "{page}");
+    let (status, mut stream) = sse::open(
+        Via::Tcp(daemon.http_port),
+        "/v1/stream?after=3&session_id=s2",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let reset = sse::next(&mut stream).await.unwrap();
+    assert_eq!(reset.event, "feed_reset");
+    assert_eq!(data(&reset), json!({"oldest_seq": 9, "after": 3}));
+    // One subscriber at most.
+    let (status, _) = sse::open(Via::Tcp(daemon.http_port), "/v1/stream", &[]).await;
+    assert_eq!(status, 503);
+    // Live: filtered, and the deltas compacted storage skips arrive without an id.
+    let live = [
+        json!({"type": "message.delta", "fidelity": "observed", "session_id": "s2", "data": "Hel"}),
+        json!({"type": "message", "session_id": "s3"}),
+        json!({"id": "live", "type": "message", "session_id": "s2"}),
+    ];
+    let body: String = live.iter().map(|e| e.to_string() + "\n").collect();
+    let ack = daemon.post("application/x-ndjson", body).await.json();
+    assert_eq!(
+        (ack["accepted"].as_u64(), ack["skipped"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let delta = sse::next(&mut stream).await.unwrap();
+    assert_eq!(
+        (delta.id.as_str(), data(&delta)["data"].as_str()),
+        ("", Some("Hel"))
+    );
+    let stored = sse::next(&mut stream).await.unwrap();
+    assert_eq!(
+        (stored.id.as_str(), data(&stored)["id"].as_str()),
+        ("10", Some("live"))
+    );
+}
+
+#[tokio::test]
+async fn feed_retain_keeps_delivered_events_replayable() {
+    let daemon = Daemon::start(
+        "[feed]\nretain = \"1h\"\n[sinks.archive]\nkind = \"file\"\ndir = \"archive\"\n\
+         [sinks.archive.batch]\nmax_events = 5\n",
+    )
+    .await;
+    for round in 0..2 {
+        daemon
+            .post_ids(&common::ids(&format!("r{round}-"), 5), "step")
+            .await;
+        let end = 5 * (round + 1);
+        daemon
+            .wait_sink("archive", Duration::from_secs(60), |s| s["cursor"] == end)
+            .await;
+    }
+    assert_eq!(
+        daemon.stored().await.len(),
+        10,
+        "delivered, and still held for the feed"
+    );
+    let page = daemon.get_json("/v1/events?after=0").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 10);
+    assert!(page["reset"].is_null());
+}
