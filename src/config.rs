@@ -44,6 +44,8 @@ pub struct FeedConfig {
     pub retain: HumanDuration,
     /// Open `/v1/stream` subscribers at most; more are answered 503.
     pub max_subscribers: usize,
+    /// A subscriber this many events behind the newest is cut off (`lagged`).
+    pub max_lag: u64,
 }
 
 impl Default for FeedConfig {
@@ -51,6 +53,7 @@ impl Default for FeedConfig {
         FeedConfig {
             retain: HumanDuration::secs(0),
             max_subscribers: 64,
+            max_lag: 100_000,
         }
     }
 }
@@ -245,6 +248,9 @@ impl Config {
         }
         if self.feed.max_subscribers == 0 {
             return Err(error_at("feed.max_subscribers", "must be at least 1"));
+        }
+        if self.feed.max_lag == 0 {
+            return Err(error_at("feed.max_lag", "must be at least 1"));
         }
         for pattern in &ingest.ephemeral_types {
             glob::Pattern::new(pattern).map_err(|e| {

@@ -9,10 +9,11 @@
 //!   already sent are dropped by seq.
 //!
 //! Both take `session_id` (exact) and `type` (a glob) filters. A cursor
-//! older than what is retained gets `feed_reset` naming the oldest seq; a
-//! subscriber more than the live buffer behind gets `lagged` and is
-//! disconnected (it reconnects with `Last-Event-ID` and replays from the
-//! outbox), so no subscriber is ever buffered without bound.
+//! older than what is retained gets `feed_reset` naming the oldest seq. A
+//! burst that passes the live ring sends a subscriber back to the outbox to
+//! catch up; one more than `feed.max_lag` events behind the head gets
+//! `lagged` and is disconnected (it reconnects with `Last-Event-ID`), so no
+//! subscriber is ever buffered without bound.
 
 use super::error::IngestError;
 use super::IngestState;
@@ -35,18 +36,21 @@ const PAGE_SCAN: usize = 20_000;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-/// The feed's shared parts: the subscriber cap and the daemon's shutdown.
+/// The feed's shared parts: the subscriber cap, how far behind a
+/// subscriber may fall, and the daemon's shutdown.
 pub struct Feed {
     subscribers: Arc<Semaphore>,
     max_subscribers: usize,
+    max_lag: i64,
     shutdown: Option<Shutdown>,
 }
 
 impl Feed {
-    pub fn new(max_subscribers: usize, shutdown: Option<Shutdown>) -> Feed {
+    pub fn new(max_subscribers: usize, max_lag: u64, shutdown: Option<Shutdown>) -> Feed {
         Feed {
             subscribers: Arc::new(Semaphore::new(max_subscribers)),
             max_subscribers,
+            max_lag: max_lag.min(i64::MAX as u64) as i64,
             shutdown,
         }
     }
@@ -242,6 +246,7 @@ pub async fn stream(
     let (events, receiver) = mpsc::channel(16);
     let outbox = state.shared.outbox.clone();
     let shutdown = feed.shutdown.clone();
+    let max_lag = feed.max_lag;
     tokio::spawn(async move {
         let _permit = permit;
         let mut subscriber = Subscriber {
@@ -250,7 +255,7 @@ pub async fn stream(
             cursor: request.after,
         };
         tokio::select! {
-            _ = subscriber.run(&outbox, live) => {}
+            _ = subscriber.run(&outbox, live, max_lag) => {}
             _ = until_shutdown(shutdown) => {}
         }
     });
@@ -294,25 +299,60 @@ fn sse_event(seq: Option<i64>, body: &[u8]) -> Event {
     }
 }
 
+/// How a stretch of following the live tail ended.
+enum Followed {
+    /// The ring moved past this subscriber: catch up from the outbox.
+    FellBehind,
+    /// The client is gone, was cut off, or the daemon stops.
+    End,
+}
+
 impl Subscriber {
-    /// Ends when the client is gone, lagged, or the outbox cannot be read.
-    async fn run(&mut self, outbox: &Outbox, mut live: broadcast::Receiver<Arc<LiveEvent>>) {
+    /// Ends when the client is gone, cut off, or the outbox cannot be read.
+    async fn run(
+        &mut self,
+        outbox: &Outbox,
+        mut live: broadcast::Receiver<Arc<LiveEvent>>,
+        max_lag: i64,
+    ) {
+        loop {
+            if !self.replay(outbox).await {
+                return;
+            }
+            match self.follow(outbox, &mut live, max_lag).await {
+                Followed::FellBehind => continue,
+                Followed::End => return,
+            }
+        }
+    }
+
+    /// Sends the retained events after the cursor, from the outbox, until
+    /// a short read (then everything committed before it was sent). A
+    /// cursor older than what is retained gets `feed_reset` first. False
+    /// when the stream should end.
+    async fn replay(&mut self, outbox: &Outbox) -> bool {
         match reset_point(outbox, self.cursor).await {
             Ok(Some(oldest)) => {
                 let reset = serde_json::json!({"oldest_seq": oldest, "after": self.cursor});
                 let event = Event::default().event("feed_reset").data(reset.to_string());
                 if self.events.send(event).await.is_err() {
-                    return;
+                    return false;
                 }
                 self.cursor = oldest - 1;
             }
             Ok(None) => {}
-            Err(e) => return self.fail(e).await,
+            Err(e) => {
+                self.fail(e).await;
+                return false;
+            }
         }
         loop {
             let chunk = match outbox.read_after(self.cursor, CHUNK).await {
                 Ok(chunk) => chunk,
-                Err(e) => return self.fail(e).await,
+                Err(e) => {
+                    self.fail(e).await;
+                    return false;
+                }
             };
             let caught_up = (chunk.len() as i64) < CHUNK;
             for event in chunk {
@@ -326,27 +366,42 @@ impl Subscriber {
                         .await
                         .is_err()
                 {
-                    return;
+                    return false;
                 }
             }
             if caught_up {
-                break;
+                return true;
             }
         }
+    }
+
+    /// Sends from the live ring, dropping what the replay already sent.
+    async fn follow(
+        &mut self,
+        outbox: &Outbox,
+        live: &mut broadcast::Receiver<Arc<LiveEvent>>,
+        max_lag: i64,
+    ) -> Followed {
         loop {
             let received = tokio::select! {
                 received = live.recv() => received,
-                _ = self.events.closed() => return,
+                _ = self.events.closed() => return Followed::End,
             };
             let event = match received {
                 Ok(event) => event,
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let lagged = serde_json::json!({"missed": missed, "resume_after": self.cursor});
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // A burst passed the ring; stored events are still in the
+                    // outbox. Only a subscriber far behind the head is cut off.
+                    let behind = outbox.last_seq() - self.cursor;
+                    if behind <= max_lag {
+                        return Followed::FellBehind;
+                    }
+                    let lagged = serde_json::json!({"behind": behind, "resume_after": self.cursor});
                     let event = Event::default().event("lagged").data(lagged.to_string());
                     let _ = self.events.send(event).await;
-                    return;
+                    return Followed::End;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => return Followed::End,
             };
             if let Some(seq) = event.seq {
                 if seq <= self.cursor {
@@ -363,7 +418,7 @@ impl Subscriber {
                     .await
                     .is_err()
             {
-                return;
+                return Followed::End;
             }
         }
     }

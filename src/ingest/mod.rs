@@ -77,7 +77,7 @@ impl IngestState {
                 inflight: Semaphore::new(permits as usize),
                 inflight_permits: permits,
                 store: store::StorePolicy::new(config.ingest.store, &config.ingest.ephemeral_types),
-                feed: feed::Feed::new(config.feed.max_subscribers, shutdown),
+                feed: feed::Feed::new(config.feed.max_subscribers, config.feed.max_lag, shutdown),
             }),
             token: None,
         }

@@ -99,9 +99,9 @@ pub struct Stats {
     pub live: tokio::sync::broadcast::Sender<Arc<LiveEvent>>,
 }
 
-/// Events the live tail keeps for its slowest subscriber; one further
-/// behind is cut off (`lagged`) rather than buffered without bound.
-pub const LIVE_BUFFER: usize = 1024;
+/// Events the live tail's ring keeps, shared by every subscriber: one that
+/// falls further behind catches up from the outbox (stored events) instead.
+pub const LIVE_BUFFER: usize = 4096;
 
 impl Stats {
     pub fn new(last_seq: i64, events: u64, bytes: u64) -> Stats {
