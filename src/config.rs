@@ -40,8 +40,12 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct FeedConfig {
     /// Delivered events stay replayable this long (within the outbox quota,
-    /// which wins); 0 keeps only what the sinks have not delivered yet.
+    /// which wins); 0 keeps only what the sinks have not delivered yet
+    /// (unless `retain_bytes` is set).
     pub retain: HumanDuration,
+    /// ...and only while the outbox holds less than this; 0 = no cap. Alone
+    /// (`retain` 0), delivered events stay until the outbox holds this much.
+    pub retain_bytes: ByteSize,
     /// Open `/v1/stream` subscribers at most; more are answered 503.
     pub max_subscribers: usize,
     /// A subscriber this many events behind the newest is cut off (`lagged`).
@@ -52,6 +56,7 @@ impl Default for FeedConfig {
     fn default() -> Self {
         FeedConfig {
             retain: HumanDuration::secs(0),
+            retain_bytes: ByteSize(0),
             max_subscribers: 64,
             max_lag: 100_000,
         }
@@ -384,6 +389,7 @@ impl Config {
             dedup_window: self.ingest.dedup_window.0,
             dedup_max_ids: self.ingest.dedup_max_ids,
             feed_retain: self.feed.retain.0,
+            feed_retain_bytes: self.feed.retain_bytes.0,
             index_sessions: self
                 .sinks
                 .values()

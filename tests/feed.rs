@@ -309,3 +309,38 @@ async fn a_burst_larger_than_the_live_ring_is_caught_up_from_the_outbox() {
         assert_eq!(event.id, expected.to_string());
     }
 }
+
+#[tokio::test]
+async fn feed_retain_bytes_keeps_the_newest_delivered_events_up_to_the_size() {
+    let daemon = Daemon::start(
+        "[feed]\nretain_bytes = \"20KiB\"\n[sinks.archive]\nkind = \"file\"\ndir = \"archive\"\n\
+         [sinks.archive.batch]\nmax_events = 10\n",
+    )
+    .await;
+    let filler = "y".repeat(1000);
+    let body: String = (0..100)
+        .map(|i| {
+            json!({"id": format!("b{i:03}"), "type": "step", "data": filler}).to_string() + "\n"
+        })
+        .collect();
+    assert!(daemon
+        .post("application/x-ndjson", body)
+        .await
+        .status
+        .is_success());
+    daemon
+        .wait_sink("archive", Duration::from_secs(60), |s| s["cursor"] == 100)
+        .await;
+    common::eventually("the outbox shrinks to feed.retain_bytes", || async {
+        daemon.stored().await.len() <= 20
+    })
+    .await;
+    let kept: Vec<String> = daemon.stored().await.into_iter().map(|e| e.id).collect();
+    assert!(kept.len() >= 10, "the newest stay replayable: {kept:?}");
+    let newest: Vec<String> = (100 - kept.len()..100)
+        .map(|i| format!("b{i:03}"))
+        .collect();
+    assert_eq!(kept, newest);
+    let page = daemon.get_json("/v1/events?after=0&limit=1").await;
+    assert_eq!(page["reset"]["oldest_seq"], 100 - kept.len() as i64 + 1);
+}

@@ -16,8 +16,10 @@ pub struct Settings {
     pub dedup_max_ids: u64,
     /// Keep the index session assembly reads by (a sink assembles sessions).
     pub index_sessions: bool,
-    /// Delivered events stay this long for the change feed (0: not at all).
+    /// Delivered events stay this long for the change feed (0: no time
+    /// window), while the outbox holds less than `feed_retain_bytes` (0: no cap).
     pub feed_retain: Duration,
+    pub feed_retain_bytes: u64,
 }
 
 impl Settings {

@@ -211,6 +211,7 @@ mod tests {
             data_dir: std::path::PathBuf::from("unused"),
             min_free_disk: 0,
             feed_retain_ms: 0,
+            feed_retain_bytes: 0,
         }
     }
 

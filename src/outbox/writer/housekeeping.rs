@@ -3,11 +3,14 @@
 
 use super::Writer;
 use crate::clock::now_ms;
+use crate::event::ROW_OVERHEAD_BYTES;
 use crate::outbox::progress::{self, SinkOp};
 use crate::outbox::{retention, sessions};
 use crate::telemetry::names;
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// Rows the feed's byte window walks past per run.
+const FEED_WALK: i64 = 20_000;
 /// Dedup rows removed per pruning pass, so a pass never stalls commits for long.
 const PRUNE_CHUNK: i64 = 50_000;
 /// Delivered events deleted per pass, between groups of requests.
@@ -121,25 +124,50 @@ impl Writer {
         result
     }
 
-    /// Moves the change feed's hold to the first event younger than
-    /// `feed.retain` (walking forward from the last hold, so each run reads
-    /// only what aged out since).
+    /// Moves the change feed's hold: to the first event younger than
+    /// `feed.retain`, and further while the outbox holds more than
+    /// `feed.retain_bytes`. Walks forward from the last hold, so each run
+    /// reads only what aged out (or no longer fits) since.
     pub(super) fn hold_feed_window(&mut self) {
-        if self.settings.feed_retain_ms <= 0 {
+        let (retain_ms, retain_bytes) = (
+            self.settings.feed_retain_ms,
+            self.settings.feed_retain_bytes as i64,
+        );
+        if retain_ms <= 0 && retain_bytes <= 0 {
             return;
         }
-        let cutoff = now_ms() - self.settings.feed_retain_ms;
-        let from = self.holds.feed_from.unwrap_or(0);
-        let first_young = self
-            .connection
-            .query_row(
-                "SELECT seq FROM events WHERE seq >= ?1 AND received_ms > ?2 ORDER BY seq LIMIT 1",
-                params![from, cutoff],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional();
-        match first_young {
-            Ok(first) => self.holds.feed_from = Some(first.unwrap_or(self.last_seq + 1)),
+        let mut from = self.holds.feed_from.unwrap_or(0);
+        let result = (|| -> rusqlite::Result<i64> {
+            if retain_ms > 0 {
+                let cutoff = now_ms() - retain_ms;
+                from = self
+                    .connection
+                    .query_row(
+                        "SELECT seq FROM events WHERE seq >= ?1 AND received_ms > ?2 ORDER BY seq LIMIT 1",
+                        params![from, cutoff],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .optional()?
+                    .unwrap_or(self.last_seq + 1);
+            }
+            if retain_bytes > 0 && self.bytes > retain_bytes {
+                let mut excess = self.bytes - retain_bytes;
+                let mut oldest = self.connection.prepare_cached(
+                    "SELECT seq, length(body) FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let mut rows = oldest.query(params![from, FEED_WALK])?;
+                while let Some(row) = rows.next()? {
+                    if excess <= 0 {
+                        break;
+                    }
+                    excess -= row.get::<_, i64>(1)? + ROW_OVERHEAD_BYTES as i64;
+                    from = row.get::<_, i64>(0)? + 1;
+                }
+            }
+            Ok(from)
+        })();
+        match result {
+            Ok(from) => self.holds.feed_from = Some(from),
             Err(e) => {
                 self.watch_for_corruption(&e);
                 tracing::warn!(error = %e, "finding the change feed's window failed");

@@ -37,8 +37,9 @@ pub struct WriterSettings {
     pub dedup_max_ids: i64,
     pub data_dir: std::path::PathBuf,
     pub min_free_disk: u64,
-    /// `feed.retain` in ms; 0 holds nothing for the feed.
+    /// `feed.retain` in ms and `feed.retain_bytes`; both 0 hold nothing for the feed.
     pub feed_retain_ms: i64,
+    pub feed_retain_bytes: u64,
 }
 
 impl WriterSettings {
@@ -52,6 +53,7 @@ impl WriterSettings {
             data_dir: settings.data_dir.clone(),
             min_free_disk: settings.outbox.min_free_disk.0,
             feed_retain_ms: settings.feed_retain.as_millis() as i64,
+            feed_retain_bytes: settings.feed_retain_bytes,
         }
     }
 }
