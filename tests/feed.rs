@@ -344,3 +344,23 @@ async fn feed_retain_bytes_keeps_the_newest_delivered_events_up_to_the_size() {
     let page = daemon.get_json("/v1/events?after=0&limit=1").await;
     assert_eq!(page["reset"]["oldest_seq"], 100 - kept.len() as i64 + 1);
 }
+
+#[tokio::test]
+async fn the_stream_takes_the_token_on_tcp_and_the_file_mode_on_the_socket() {
+    let daemon = Daemon::start("[ingest]\nauth_token = \"s3cret\"\n").await;
+    for token in [None, Some("Bearer nope")] {
+        let headers: Vec<(&str, &str)> = token.map(|t| ("authorization", t)).into_iter().collect();
+        let (status, _) = sse::open(Via::Tcp(daemon.http_port), "/v1/stream", &headers).await;
+        assert_eq!(status, 401, "{token:?}");
+    }
+    let (status, _) = sse::open(
+        Via::Tcp(daemon.http_port),
+        "/v1/stream",
+        &[("authorization", "Bearer s3cret")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let socket = daemon.socket();
+    let (status, _) = sse::open(Via::Unix(&socket), "/v1/stream", &[]).await;
+    assert_eq!(status, 200);
+}

@@ -264,6 +264,7 @@ async fn every_tcp_route_but_healthz_requires_the_token() {
     let routes: &[(hyper::Method, &str, &str)] = &[
         (hyper::Method::POST, "/v1/events", r#"{"type":"a"}"#),
         (hyper::Method::GET, "/v1/sinks", ""),
+        (hyper::Method::GET, "/v1/events?after=0", ""),
         (hyper::Method::GET, "/v1/dead-letters", ""),
         (
             hyper::Method::POST,
