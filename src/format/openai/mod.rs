@@ -291,22 +291,24 @@ fn embedded_tool_calls(raw: &RawValue, metadata: &mut Metadata) -> Vec<ToolCall>
         .collect()
 }
 
+/// A stored event made from its JSON body, for the format tests.
+#[cfg(test)]
+pub(crate) fn stored_for_test(seq: i64, body: serde_json::Value) -> StoredEvent {
+    StoredEvent {
+        seq,
+        event_type: body["type"].as_str().unwrap().into(),
+        fidelity: crate::event::Fidelity::Committed,
+        session_id: body["session_id"].as_str().map(str::to_string),
+        received_ms: 0,
+        body: serde_json::to_vec(&body).unwrap(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::stored_for_test as stored;
     use super::*;
-    use crate::event::Fidelity;
     use serde_json::{json, Value};
-
-    fn stored(seq: i64, body: Value) -> StoredEvent {
-        StoredEvent {
-            seq,
-            event_type: body["type"].as_str().unwrap().into(),
-            fidelity: Fidelity::Committed,
-            session_id: body["session_id"].as_str().map(str::to_string),
-            received_ms: 0,
-            body: serde_json::to_vec(&body).unwrap(),
-        }
-    }
 
     fn mapped(body: Value) -> Value {
         serde_json::to_value(map_event(&stored(7, body))).unwrap()

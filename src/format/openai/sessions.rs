@@ -472,20 +472,9 @@ impl Encoder for OpenAiSessions {
 
 #[cfg(test)]
 mod tests {
+    use super::super::stored_for_test as stored;
     use super::*;
-    use crate::event::Fidelity;
     use serde_json::{json, Value};
-
-    fn stored(seq: i64, body: Value) -> StoredEvent {
-        StoredEvent {
-            seq,
-            event_type: body["type"].as_str().unwrap().into(),
-            fidelity: Fidelity::Committed,
-            session_id: Some("s".into()),
-            received_ms: 0,
-            body: serde_json::to_vec(&body).unwrap(),
-        }
-    }
 
     fn say(seq: i64, role: &str, text: &str) -> StoredEvent {
         stored(
