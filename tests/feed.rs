@@ -364,3 +364,17 @@ async fn the_stream_takes_the_token_on_tcp_and_the_file_mode_on_the_socket() {
     let (status, _) = sse::open(Via::Unix(&socket), "/v1/stream", &[]).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_streams_and_the_daemon_exits_cleanly() {
+    let mut daemon = Daemon::start("").await;
+    let (status, mut events) = sse::open(Via::Tcp(daemon.http_port), "/v1/stream", &[]).await;
+    assert_eq!(status, 200);
+    daemon.post_ids(&common::ids("t", 1), "step").await;
+    assert!(sse::next(&mut events).await.is_some());
+    assert!(daemon.terminate().success(), "{}", daemon.log());
+    assert!(
+        sse::next(&mut events).await.is_none(),
+        "the stream ends with the daemon"
+    );
+}
