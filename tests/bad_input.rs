@@ -387,7 +387,27 @@ async fn unknown_paths_and_methods_are_refused() {
     let answer = daemon.client().get("/v2/things").await.unwrap();
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!(answer.json()["error"], "not_found");
-    let answer = daemon.client().get("/v1/events").await.unwrap();
-    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    // GET /v1/events is the change feed; other methods are refused.
+    for (method, path) in [
+        (hyper::Method::PUT, "/v1/events"),
+        (hyper::Method::DELETE, "/v1/events"),
+        (hyper::Method::POST, "/v1/stream"),
+    ] {
+        let answer = daemon
+            .client()
+            .request(
+                method.clone(),
+                Some(path),
+                &[],
+                bytes::Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+    }
     assert!(daemon.stored().await.is_empty());
 }
