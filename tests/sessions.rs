@@ -421,12 +421,7 @@ async fn interleaved_sessions_become_one_valid_line_each_in_files_and_in_s3() {
     );
     let daemon = Daemon::start(&config).await;
     let events = stream();
-    let answer = daemon.post("application/x-ndjson", ndjson(&events)).await;
-    assert!(
-        answer.status.is_success(),
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    daemon.post_ndjson(ndjson(&events)).await;
 
     let dir = daemon.data_dir().join("sessions");
     let finished = |lines: &[Value]| {
@@ -473,21 +468,13 @@ async fn a_session_without_an_end_is_written_once_idle_and_its_id_may_start_agai
         message("i1", "bot", "chat", "user", "hi"),
         message("i2", "bot", "chat", "assistant", "hello"),
     ];
-    assert!(daemon
-        .post("application/x-ndjson", ndjson(&first))
-        .await
-        .status
-        .is_success());
+    daemon.post_ndjson(ndjson(&first)).await;
     common::eventually("the idle session is written", || async {
         common::json_lines_in(&dir).len() == 1
     })
     .await;
     let again = [message("i3", "bot", "chat", "user", "still there?")];
-    assert!(daemon
-        .post("application/x-ndjson", ndjson(&again))
-        .await
-        .status
-        .is_success());
+    daemon.post_ndjson(ndjson(&again)).await;
     common::eventually("the session id's second session is written", || async {
         common::json_lines_in(&dir).len() == 2
     })
@@ -675,11 +662,7 @@ async fn a_session_partly_evicted_by_drop_oldest_is_written_with_what_remains() 
             )
         })
         .collect();
-    assert!(daemon
-        .post("application/x-ndjson", ndjson(&turns))
-        .await
-        .status
-        .is_success());
+    daemon.post_ndjson(ndjson(&turns)).await;
     // The sink counts the session's events before any is evicted.
     daemon
         .wait_sink("sessions", Duration::from_secs(60), |s| s["cursor"] == 10)
@@ -699,11 +682,7 @@ async fn a_session_partly_evicted_by_drop_oldest_is_written_with_what_remains() 
             .is_success());
     }
     let end = [event("t-end", "session.ended", "bot", "kept", json!({}))];
-    assert!(daemon
-        .post("application/x-ndjson", ndjson(&end))
-        .await
-        .status
-        .is_success());
+    daemon.post_ndjson(ndjson(&end)).await;
     let dir = daemon.data_dir().join("sessions");
     common::eventually("the session is written", || async {
         !common::json_lines_in(&dir).is_empty()

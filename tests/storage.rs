@@ -26,9 +26,7 @@ fn body() -> String {
 async fn compacted_stores_committed_domain_and_control_but_no_deltas_or_ephemeral_types() {
     let daemon =
         Daemon::start("[ingest]\nstore = \"compacted\"\nephemeral_types = [\"ui.*\"]\n").await;
-    let answer = daemon.post("application/x-ndjson", body()).await;
-    assert!(answer.status.is_success(), "{:?}", answer.body);
-    let ack = answer.json();
+    let ack = daemon.post_ndjson(body()).await;
     assert_eq!(
         (ack["accepted"].as_u64(), ack["skipped"].as_u64()),
         (Some(3), Some(4)),
@@ -53,7 +51,7 @@ async fn compacted_stores_committed_domain_and_control_but_no_deltas_or_ephemera
     );
     // A request of skipped events only commits nothing and says where the outbox is.
     let deltas = "{\"type\":\"message.delta\",\"fidelity\":\"observed\"}\n".repeat(3);
-    let ack = daemon.post("application/x-ndjson", deltas).await.json();
+    let ack = daemon.post_ndjson(deltas).await;
     assert_eq!(
         (
             ack["accepted"].as_u64(),
@@ -68,7 +66,7 @@ async fn compacted_stores_committed_domain_and_control_but_no_deltas_or_ephemera
 #[tokio::test]
 async fn full_stores_everything_but_ephemeral_types_and_none_stores_nothing() {
     let full = Daemon::start("[ingest]\nephemeral_types = [\"ui.*\", \"*.heartbeat\"]\n").await;
-    let ack = full.post("application/x-ndjson", body()).await.json();
+    let ack = full.post_ndjson(body()).await;
     assert_eq!(
         (ack["accepted"].as_u64(), ack["skipped"].as_u64()),
         (Some(6), Some(1))
@@ -76,7 +74,7 @@ async fn full_stores_everything_but_ephemeral_types_and_none_stores_nothing() {
     assert!(full.stored().await.iter().all(|e| e.id != "u1"));
 
     let none = Daemon::start("[ingest]\nstore = \"none\"\n").await;
-    let ack = none.post("application/x-ndjson", body()).await.json();
+    let ack = none.post_ndjson(body()).await;
     assert_eq!(
         (
             ack["accepted"].as_u64(),

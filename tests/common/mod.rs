@@ -223,6 +223,18 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Posts an NDJSON body, checks it was accepted, returns the ack.
+    pub async fn post_ndjson(&self, body: impl Into<Bytes>) -> serde_json::Value {
+        let answer = self.post("application/x-ndjson", body).await;
+        assert!(
+            answer.status.is_success(),
+            "{}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+        answer.json()
+    }
+
     /// Posts events with these ids (NDJSON, one request) and checks the answer.
     pub async fn post_ids(&self, ids: &[String], event_type: &str) {
         let body: String = ids

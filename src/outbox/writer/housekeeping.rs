@@ -28,11 +28,9 @@ impl Writer {
                 _ => None,
             };
             // Which sinks' session holds may have changed, and to what.
-            let session_holds = match (&op, &registered) {
-                (SinkOp::Register { sinks }, _) => sessions::holds(&tx, sinks)?,
-                (SinkOp::Sessions { sink, .. }, _) => {
-                    sessions::holds(&tx, std::slice::from_ref(sink))?
-                }
+            let session_holds = match &op {
+                SinkOp::Register { sinks } => sessions::holds(&tx, sinks)?,
+                SinkOp::Sessions { sink, .. } => sessions::holds(&tx, std::slice::from_ref(sink))?,
                 _ => Vec::new(),
             };
             tx.commit()?;
