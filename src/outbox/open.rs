@@ -321,8 +321,15 @@ pub async fn open(config: &Settings) -> Result<Opened, OpenError> {
         (last_seq, events, bytes),
         reserve.clone(),
     );
+    let database = std::fs::File::open(&path).map_err(|e| {
+        OpenError(format!(
+            "outbox database {}: opening it for the checkpoint thread failed: {e}",
+            path.display()
+        ))
+    })?;
     let checkpointer = checkpoint::Checkpointer::start(
         writer_connection(&path, config.outbox.sync)?,
+        database,
         wal_frames,
         reserve,
     )
