@@ -30,6 +30,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub feed: FeedConfig,
+    /// Secrets masked at ingest, before anything is stored.
+    pub redaction: crate::redact::RedactionConfig,
     pub shutdown: ShutdownConfig,
     /// Where events go: `[sinks.NAME]` with `kind = "s3" | "http" | "file"`.
     pub sinks: BTreeMap<String, SinkConfig>,
@@ -136,6 +138,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             feed: FeedConfig::default(),
+            redaction: crate::redact::RedactionConfig::default(),
             shutdown: ShutdownConfig::default(),
             sinks: BTreeMap::new(),
         }
@@ -257,6 +260,8 @@ impl Config {
         if self.feed.max_lag == 0 {
             return Err(error_at("feed.max_lag", "must be at least 1"));
         }
+        crate::redact::Redactor::new(&self.redaction)
+            .map_err(|e| ConfigError(format!("redaction: {e}")))?;
         for pattern in &ingest.ephemeral_types {
             glob::Pattern::new(pattern).map_err(|e| {
                 error_at(

@@ -14,6 +14,7 @@ pub mod format;
 pub mod ingest;
 pub mod ops;
 pub mod outbox;
+pub mod redact;
 pub mod remote;
 pub mod salvage;
 pub mod secret;

@@ -10,6 +10,7 @@ pub mod names {
     pub const INGEST_EVENTS_ACCEPTED: &str = "outboxd_ingest_events_accepted_total";
     pub const INGEST_DUPLICATES: &str = "outboxd_ingest_duplicates_total";
     pub const INGEST_SKIPPED: &str = "outboxd_ingest_events_skipped_total";
+    pub const INGEST_REDACTIONS: &str = "outboxd_ingest_redactions_total";
     pub const INGEST_REJECTED: &str = "outboxd_ingest_rejected_requests_total";
     pub const INGEST_BYTES: &str = "outboxd_ingest_bytes_total";
     pub const INGEST_DURATION: &str = "outboxd_ingest_request_duration_seconds";
@@ -79,6 +80,10 @@ fn describe() {
     describe_counter!(
         INGEST_SKIPPED,
         "Valid events not stored, by reason: observed (ingest.store = compacted), ephemeral_type, store_none."
+    );
+    describe_counter!(
+        INGEST_REDACTIONS,
+        "Values masked or dropped before storing, by redaction rule."
     );
     describe_counter!(INGEST_REJECTED, "Ingest requests refused, by reason.");
     describe_counter!(

@@ -42,6 +42,7 @@ struct Shared {
     inflight: Semaphore,
     inflight_permits: u32,
     store: store::StorePolicy,
+    redactor: Option<crate::redact::Redactor>,
     feed: feed::Feed,
 }
 
@@ -77,6 +78,8 @@ impl IngestState {
                 inflight: Semaphore::new(permits as usize),
                 inflight_permits: permits,
                 store: store::StorePolicy::new(config.ingest.store, &config.ingest.ephemeral_types),
+                redactor: crate::redact::Redactor::new(&config.redaction)
+                    .expect("redaction rules are checked with the config"),
                 feed: feed::Feed::new(config.feed.max_subscribers, config.feed.max_lag, shutdown),
             }),
             token: None,
@@ -258,6 +261,11 @@ async fn ingest(
     }
     let mut events = parse_body(&decoded, format, &shared.limits, now_ms())?;
     drop(decoded);
+    if let Some(redactor) = &shared.redactor {
+        for event in &mut events {
+            redactor.apply(event);
+        }
+    }
     let skipped = skip_unstored(&shared.store, &shared.outbox, &mut events);
     if events.is_empty() {
         return Ok(Accepted {
