@@ -1,6 +1,7 @@
 # outboxd container image.
 #   docker build -t outboxd .
 #   docker run -v outboxd-data:/var/lib/outboxd -v outboxd-socket:/run/outboxd -p 127.0.0.1:9812:9812 outboxd
+# deploy/compose/ runs it with MinIO and Prometheus; deploy/kubernetes/ as a sidecar.
 # Agents reach ingest through the Unix socket (share /run/outboxd as a volume)
 # or, in a Kubernetes pod, on the pod's loopback (127.0.0.1:9811). The ingest
 # listener stays on loopback: binding it beyond needs ingest.auth_token (or
@@ -28,6 +29,10 @@ ENV OUTBOXD_DATA_DIR=/var/lib/outboxd \
     OUTBOXD_LOG__FORMAT=json
 VOLUME ["/var/lib/outboxd", "/run/outboxd"]
 EXPOSE 9812
+# Through the binary itself: slim images have no curl. Ready = the outbox is
+# open and every listener is bound (GET /readyz on the metrics listener).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["/usr/local/bin/outboxd", "health", "--url", "http://127.0.0.1:9812"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/outboxd"]
 CMD ["run", "--config", "/etc/outboxd/outboxd.toml"]

@@ -57,6 +57,15 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Exit 0 when the daemon is ready (its `/readyz` answers 200), 1 with
+    /// the reason otherwise: a health check for images without curl.
+    ///
+    /// Example: outboxd health --url http://127.0.0.1:9812
+    Health {
+        /// The operations listener (`metrics.listen`).
+        #[arg(long, default_value = "http://127.0.0.1:9812")]
+        url: String,
+    },
     /// List or replay dead letters.
     Dlq {
         #[command(subcommand)]
@@ -221,6 +230,16 @@ fn main() -> ExitCode {
             let token = connect.token.clone();
             remote(&connect, |mut client| async move {
                 outboxd::remote::status(&mut client, token.as_deref(), json).await
+            })
+        }
+        Command::Health { url } => {
+            let connect = Connect {
+                url: Some(url),
+                socket: None,
+                token: None,
+            };
+            remote(&connect, |mut client| async move {
+                outboxd::remote::health(&mut client).await
             })
         }
         Command::Dlq { command } => match command {

@@ -77,6 +77,19 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// `GET /readyz` on the operations listener: Ok when it answers 200.
+pub async fn health(client: &mut Client) -> anyhow::Result<String> {
+    let answer = client
+        .get("/readyz")
+        .await
+        .map_err(|e| anyhow::anyhow!("outboxd is not answering: {e}"))?;
+    let body = String::from_utf8_lossy(&answer.body).trim().to_owned();
+    if answer.status == hyper::StatusCode::OK {
+        return Ok(format!("{body}\n"));
+    }
+    anyhow::bail!("not ready ({}): {body}", answer.status)
+}
+
 pub async fn status(
     client: &mut Client,
     token: Option<&str>,
