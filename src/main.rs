@@ -84,6 +84,38 @@ enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one dead letter: why it failed, and the event as stored.
+    ///
+    /// Example: outboxd dlq show --sink lake 1042
+    Show {
+        #[command(flatten)]
+        connect: Connect,
+        #[arg(long)]
+        sink: String,
+        /// The dead letter's seq (`dlq list` shows it).
+        #[arg(value_name = "SEQ")]
+        seq: i64,
+    },
+    /// Delete a sink's dead letters for good: --ids, or --all.
+    ///
+    /// Example: outboxd dlq purge --sink lake --ids ev-1,ev-2
+    Purge {
+        #[command(flatten)]
+        connect: Connect,
+        #[arg(long)]
+        sink: String,
+        /// Comma-separated event ids.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ids: Option<Vec<String>>,
+        /// Every dead letter of the sink.
+        #[arg(long)]
+        all: bool,
+    },
     /// Requeue a sink's dead letters (all, or --ids) once the cause is fixed.
     Replay {
         #[command(flatten)]
@@ -252,6 +284,23 @@ fn main() -> ExitCode {
                 remote(&connect, |mut client| async move {
                     outboxd::remote::dlq_list(&mut client, token.as_deref(), sink.as_deref(), json)
                         .await
+                })
+            }
+            DlqCommand::Show { connect, sink, seq } => {
+                let token = connect.token.clone();
+                remote(&connect, |mut client| async move {
+                    outboxd::remote::dlq_show(&mut client, token.as_deref(), &sink, seq).await
+                })
+            }
+            DlqCommand::Purge {
+                connect,
+                sink,
+                ids,
+                all: _,
+            } => {
+                let token = connect.token.clone();
+                remote(&connect, |mut client| async move {
+                    outboxd::remote::dlq_purge(&mut client, token.as_deref(), &sink, ids).await
                 })
             }
             DlqCommand::Replay { connect, sink, ids } => {

@@ -186,18 +186,55 @@ pub async fn dlq_replay(
     sink: &str,
     ids: Option<Vec<String>>,
 ) -> anyhow::Result<String> {
+    dlq_select(client, token, sink, ids, "replay", "requeued").await
+}
+
+/// `ids` None purges all of the sink's dead letters.
+pub async fn dlq_purge(
+    client: &mut Client,
+    token: Option<&str>,
+    sink: &str,
+    ids: Option<Vec<String>>,
+) -> anyhow::Result<String> {
+    dlq_select(client, token, sink, ids, "purge", "purged").await
+}
+
+/// `POST /v1/dead-letters/{action}` on a selection; reports the `counted` field.
+async fn dlq_select(
+    client: &mut Client,
+    token: Option<&str>,
+    sink: &str,
+    ids: Option<Vec<String>>,
+    action: &str,
+    counted: &str,
+) -> anyhow::Result<String> {
     let body = serde_json::json!({ "sink": sink, "ids": ids }).to_string();
-    let answer = call(
-        client,
-        hyper::Method::POST,
-        "/v1/dead-letters/replay",
-        token,
-        Some(body),
-    )
-    .await?;
+    let path = format!("/v1/dead-letters/{action}");
+    let answer = call(client, hyper::Method::POST, &path, token, Some(body)).await?;
     Ok(format!(
-        "requeued {} dead letters of sink {sink}\n",
-        answer["requeued"]
+        "{counted} {} dead letters of sink {sink}\n",
+        answer[counted]
+    ))
+}
+
+pub async fn dlq_show(
+    client: &mut Client,
+    token: Option<&str>,
+    sink: &str,
+    seq: i64,
+) -> anyhow::Result<String> {
+    let path = format!("/v1/dead-letters/{}/{seq}", percent(sink));
+    let letter = call(client, hyper::Method::GET, &path, token, None).await?;
+    Ok(format!(
+        "sink:     {}\nseq:      {}\nid:       {}\ntype:     {}\nfailed:   {}\nrequeued: {}\nreason:   {}\nevent:\n{:#}\n",
+        text(&letter["sink"]),
+        text(&letter["seq"]),
+        text(&letter["id"]),
+        text(&letter["type"]),
+        ago(&letter["failed_ms"]),
+        letter["requeued"] == true,
+        text(&letter["reason"]),
+        letter["event"],
     ))
 }
 

@@ -572,3 +572,86 @@ async fn a_403_halts_and_keeps_the_events_and_a_503_backs_off_with_retry_after()
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn an_operator_can_read_a_dead_letter_and_purge_dead_letters() {
+    let receiver = Receiver::start(|_, _| Reply::status(400)).await;
+    let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
+    daemon
+        .post_ids(
+            &[
+                "bad-1".to_string(),
+                "bad-2".to_string(),
+                "bad-3".to_string(),
+            ],
+            "tool.result",
+        )
+        .await;
+    daemon
+        .wait_sink("remote", WAIT, |s| s["dead_letters"] == 3)
+        .await;
+    let url = format!("http://127.0.0.1:{}", daemon.http_port);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(common::binary())
+            .args(args)
+            .args(["--url", &url])
+            .output()
+            .unwrap()
+    };
+    let stdout =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+    let seq = daemon.dead_letters(Some("remote")).await[0]["seq"].to_string();
+
+    // show: the reason and the event as stored.
+    let shown = cli(&["dlq", "show", "--sink", "remote", &seq]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let text = stdout(&shown);
+    assert!(text.contains("reason:   rejected: 400"), "{text}");
+    assert!(
+        text.contains("\"id\": \"bad-1\"") && text.contains("\"type\": \"tool.result\""),
+        "{text}"
+    );
+    let missing = cli(&["dlq", "show", "--sink", "remote", "999"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no dead letter at seq 999"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // purge: by id, then all; nothing without saying which.
+    let unsure = cli(&["dlq", "purge", "--sink", "remote"]);
+    assert!(!unsure.status.success(), "purge needs --ids or --all");
+    assert_eq!(daemon.dead_letters(Some("remote")).await.len(), 3);
+    let one = cli(&["dlq", "purge", "--sink", "remote", "--ids", "bad-2"]);
+    assert!(
+        stdout(&one).contains("purged 1 dead letters"),
+        "{}{}",
+        stdout(&one),
+        stderr(&one)
+    );
+    let left: Vec<String> = daemon
+        .dead_letters(Some("remote"))
+        .await
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["bad-1", "bad-3"]);
+    let unknown = cli(&["dlq", "purge", "--sink", "nope", "--all"]);
+    assert!(
+        stderr(&unknown).contains("no sink named `nope`"),
+        "{}",
+        stderr(&unknown)
+    );
+    let all = cli(&["dlq", "purge", "--sink", "remote", "--all"]);
+    assert!(
+        stdout(&all).contains("purged 2 dead letters"),
+        "{}",
+        stdout(&all)
+    );
+    let status = daemon.sink("remote").await;
+    assert_eq!(status["dead_letters"], 0, "{status}");
+    assert_eq!(status["state"], "running");
+}

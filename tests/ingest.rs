@@ -271,6 +271,12 @@ async fn every_tcp_route_but_healthz_requires_the_token() {
             "/v1/dead-letters/replay",
             r#"{"sink":"remote"}"#,
         ),
+        (
+            hyper::Method::POST,
+            "/v1/dead-letters/purge",
+            r#"{"sink":"remote","ids":["none"]}"#,
+        ),
+        (hyper::Method::GET, "/v1/dead-letters/remote/1", ""),
         (hyper::Method::GET, "/v1/no-such-route", ""),
     ];
     for (method, path, body) in routes {
@@ -308,7 +314,7 @@ async fn every_tcp_route_but_healthz_requires_the_token() {
             )
             .await
             .unwrap();
-        let expected = if *path == "/v1/no-such-route" {
+        let expected = if *path == "/v1/no-such-route" || *path == "/v1/dead-letters/remote/1" {
             StatusCode::NOT_FOUND
         } else {
             StatusCode::OK

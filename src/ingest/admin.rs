@@ -1,12 +1,13 @@
 //! The sinks' side of the API: `GET /v1/sinks` (state, cursor, lag, errors,
-//! dead letters), `GET /v1/dead-letters` and `POST /v1/dead-letters/replay`.
+//! dead letters), `GET /v1/dead-letters` (and `/{sink}/{seq}`, with the
+//! event), `POST /v1/dead-letters/replay` and `POST /v1/dead-letters/purge`.
 
 use super::error::IngestError;
 use super::IngestState;
 use crate::clock::now_ms;
 use crate::delivery::status::SinkStatus;
 use crate::outbox::{Outbox, SinkOp};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -104,11 +105,86 @@ pub async fn dead_letters(
     Ok(Json(list))
 }
 
+/// One dead letter with its event, as stored.
+#[derive(Serialize)]
+pub struct DeadLetterDetail {
+    #[serde(flatten)]
+    letter: crate::outbox::DeadLetter,
+    event: Box<serde_json::value::RawValue>,
+}
+
+pub async fn dead_letter(
+    State(state): State<IngestState>,
+    Path((sink, seq)): Path<(String, String)>,
+) -> Result<Json<DeadLetterDetail>, IngestError> {
+    let seq: i64 = seq.parse().map_err(|_| {
+        IngestError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_seq",
+            format!("`{seq}` is not a seq; GET /v1/dead-letters/SINK/SEQ"),
+        )
+    })?;
+    let (letter, body) = state
+        .shared
+        .outbox
+        .dead_letter(&sink, seq)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| {
+            IngestError::new(
+                StatusCode::NOT_FOUND,
+                "no_dead_letter",
+                format!("sink `{sink}` has no dead letter at seq {seq}"),
+            )
+        })?;
+    let event = String::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::value::RawValue::from_string(text).ok())
+        .ok_or_else(|| {
+            IngestError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unreadable_event",
+                format!("the stored event of seq {seq} is not JSON"),
+            )
+        })?;
+    Ok(Json(DeadLetterDetail { letter, event }))
+}
+
+/// `{"sink": NAME, "ids": [ID, ...]?}`: which dead letters to replay or purge.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReplayRequest {
+pub struct Selection {
     sink: String,
     ids: Option<Vec<String>>,
+}
+
+impl Selection {
+    fn parse(state: &IngestState, body: &[u8]) -> Result<Selection, IngestError> {
+        let selection: Selection = serde_json::from_slice(body).map_err(|e| {
+            IngestError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("expected {{\"sink\": NAME, \"ids\": [ID, ...]?}}: {e}"),
+            )
+        })?;
+        if !state.shared.sinks.iter().any(|s| s.name == selection.sink) {
+            return Err(IngestError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_sink",
+                format!("no sink named `{}` is configured", selection.sink),
+            ));
+        }
+        Ok(selection)
+    }
+}
+
+async fn sink_op(state: &IngestState, op: SinkOp) -> Result<u64, IngestError> {
+    state
+        .shared
+        .outbox
+        .sink_op(op)
+        .await
+        .map_err(|e| IngestError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_error", e))
 }
 
 #[derive(Serialize)]
@@ -120,28 +196,21 @@ pub async fn replay(
     State(state): State<IngestState>,
     body: axum::body::Bytes,
 ) -> Result<Json<ReplayAnswer>, IngestError> {
-    let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
-        IngestError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("expected {{\"sink\": NAME, \"ids\": [ID, ...]?}}: {e}"),
-        )
-    })?;
-    if !state.shared.sinks.iter().any(|s| s.name == request.sink) {
-        return Err(IngestError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_sink",
-            format!("no sink named `{}` is configured", request.sink),
-        ));
-    }
-    let requeued = state
-        .shared
-        .outbox
-        .sink_op(SinkOp::Requeue {
-            sink: request.sink,
-            ids: request.ids,
-        })
-        .await
-        .map_err(|e| IngestError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_error", e))?;
+    let Selection { sink, ids } = Selection::parse(&state, &body)?;
+    let requeued = sink_op(&state, SinkOp::Requeue { sink, ids }).await?;
     Ok(Json(ReplayAnswer { requeued }))
+}
+
+#[derive(Serialize)]
+pub struct PurgeAnswer {
+    purged: u64,
+}
+
+pub async fn purge(
+    State(state): State<IngestState>,
+    body: axum::body::Bytes,
+) -> Result<Json<PurgeAnswer>, IngestError> {
+    let Selection { sink, ids } = Selection::parse(&state, &body)?;
+    let purged = sink_op(&state, SinkOp::Purge { sink, ids }).await?;
+    Ok(Json(PurgeAnswer { purged }))
 }

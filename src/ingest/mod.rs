@@ -103,6 +103,8 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/sinks", get(admin::sinks))
         .route("/v1/dead-letters", get(admin::dead_letters))
         .route("/v1/dead-letters/replay", post(admin::replay))
+        .route("/v1/dead-letters/purge", post(admin::purge))
+        .route("/v1/dead-letters/{sink}/{seq}", get(admin::dead_letter))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
             IngestError::new(

@@ -28,6 +28,11 @@ pub enum SinkOp {
         sink: String,
         ids: Option<Vec<String>>,
     },
+    /// An operator gives up on dead letters (all of the sink's, or those ids).
+    Purge {
+        sink: String,
+        ids: Option<Vec<String>>,
+    },
     /// A requeued dead letter was delivered: remove it.
     Redelivered { sink: String, seq: i64 },
     /// A requeued dead letter failed again: keep it, with the new reason.
@@ -48,11 +53,34 @@ impl SinkOp {
             | SinkOp::Advance { sink, .. }
             | SinkOp::DeadLetter { sink, .. }
             | SinkOp::Requeue { sink, .. }
+            | SinkOp::Purge { sink, .. }
             | SinkOp::Redelivered { sink, .. }
             | SinkOp::StillDead { sink, .. }
             | SinkOp::Sessions { sink, .. } => Some(sink),
         }
     }
+}
+
+/// Runs `statement` (an UPDATE or DELETE of `dead_letters`) on all of a
+/// sink's dead letters, or on those with the given ids; returns how many.
+fn for_dead_letters(
+    tx: &Transaction,
+    statement: &str,
+    sink: &str,
+    ids: &Option<Vec<String>>,
+) -> rusqlite::Result<u64> {
+    Ok(match ids {
+        None => tx.execute(&format!("{statement} WHERE sink = ?1"), [sink])? as u64,
+        Some(ids) => {
+            let mut each =
+                tx.prepare_cached(&format!("{statement} WHERE sink = ?1 AND id = ?2"))?;
+            let mut n = 0;
+            for id in ids {
+                n += each.execute(params![sink, id])? as u64;
+            }
+            n
+        }
+    })
 }
 
 /// Applies one op; returns a count (rows affected) and, for cursor moves, the new cursor.
@@ -93,25 +121,14 @@ pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64
             advance(tx, sink, *to, now)?;
             Ok((n, Some(*to)))
         }
-        SinkOp::Requeue { sink, ids } => {
-            let n = match ids {
-                None => tx.execute(
-                    "UPDATE dead_letters SET requeued = 1 WHERE sink = ?1",
-                    [sink],
-                )?,
-                Some(ids) => {
-                    let mut mark = tx.prepare_cached(
-                        "UPDATE dead_letters SET requeued = 1 WHERE sink = ?1 AND id = ?2",
-                    )?;
-                    let mut n = 0;
-                    for id in ids {
-                        n += mark.execute(params![sink, id])?;
-                    }
-                    n
-                }
-            };
-            Ok((n as u64, None))
-        }
+        SinkOp::Requeue { sink, ids } => Ok((
+            for_dead_letters(tx, "UPDATE dead_letters SET requeued = 1", sink, ids)?,
+            None,
+        )),
+        SinkOp::Purge { sink, ids } => Ok((
+            for_dead_letters(tx, "DELETE FROM dead_letters", sink, ids)?,
+            None,
+        )),
         SinkOp::Redelivered { sink, seq } => {
             let n = tx.execute(
                 "DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2",

@@ -29,12 +29,13 @@ pub struct SinkCursor {
     pub batch: Option<(i64, i64)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeadLetter {
     pub sink: String,
     pub seq: i64,
     pub id: String,
     #[serde(rename = "type")]
+    #[sqlx(rename = "type")]
     pub event_type: String,
     pub reason: String,
     pub failed_ms: i64,
@@ -117,28 +118,36 @@ impl Outbox {
         sink: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        let rows: Vec<(String, i64, String, String, String, i64, i64)> = sqlx::query_as(
+        sqlx::query_as(
             "SELECT sink, seq, id, type, reason, failed_ms, requeued FROM dead_letters \
              WHERE ?1 IS NULL OR sink = ?1 ORDER BY sink, seq LIMIT ?2",
         )
         .bind(sink)
         .bind(limit)
         .fetch_all(&self.readers)
+        .await
+    }
+
+    /// One dead letter with the event as it was stored.
+    pub async fn dead_letter(
+        &self,
+        sink: &str,
+        seq: i64,
+    ) -> Result<Option<(DeadLetter, Vec<u8>)>, sqlx::Error> {
+        #[derive(sqlx::FromRow)]
+        struct WithBody {
+            #[sqlx(flatten)]
+            letter: DeadLetter,
+            body: Vec<u8>,
+        }
+        let row: Option<WithBody> = sqlx::query_as(
+            "SELECT sink, seq, id, type, reason, failed_ms, requeued, body FROM dead_letters WHERE sink = ? AND seq = ?",
+        )
+        .bind(sink)
+        .bind(seq)
+        .fetch_optional(&self.readers)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(sink, seq, id, event_type, reason, failed_ms, requeued)| DeadLetter {
-                    sink,
-                    seq,
-                    id,
-                    event_type,
-                    reason,
-                    failed_ms,
-                    requeued: requeued != 0,
-                },
-            )
-            .collect())
+        Ok(row.map(|row| (row.letter, row.body)))
     }
 
     pub async fn dead_letter_count(&self, sink: &str) -> Result<i64, sqlx::Error> {
