@@ -66,10 +66,38 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9812")]
         url: String,
     },
+    /// Pause or resume a sink.
+    Sink {
+        #[command(subcommand)]
+        command: SinkCommand,
+    },
     /// List or replay dead letters.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SinkCommand {
+    /// Stop sending after the attempt in flight; events wait in the outbox.
+    /// Not kept across a restart.
+    ///
+    /// Example: outboxd sink pause lake
+    Pause {
+        #[command(flatten)]
+        connect: Connect,
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Send again from where the sink stopped.
+    ///
+    /// Example: outboxd sink resume lake
+    Resume {
+        #[command(flatten)]
+        connect: Connect,
+        #[arg(value_name = "NAME")]
+        name: String,
     },
 }
 
@@ -272,6 +300,17 @@ fn main() -> ExitCode {
             };
             remote(&connect, |mut client| async move {
                 outboxd::remote::health(&mut client).await
+            })
+        }
+        Command::Sink { command } => {
+            let (connect, name, action) = match command {
+                SinkCommand::Pause { connect, name } => (connect, name, "pause"),
+                SinkCommand::Resume { connect, name } => (connect, name, "resume"),
+            };
+            let token = connect.token.clone();
+            remote(&connect, |mut client| async move {
+                outboxd::remote::sink_pause_or_resume(&mut client, token.as_deref(), &name, action)
+                    .await
             })
         }
         Command::Dlq { command } => match command {

@@ -238,6 +238,33 @@ pub async fn dlq_show(
     ))
 }
 
+/// `action` is "pause" or "resume".
+pub async fn sink_pause_or_resume(
+    client: &mut Client,
+    token: Option<&str>,
+    name: &str,
+    action: &str,
+) -> anyhow::Result<String> {
+    let path = format!("/v1/sinks/{}/{action}", percent(name));
+    let answer = call(
+        client,
+        hyper::Method::POST,
+        &path,
+        token,
+        Some(String::new()),
+    )
+    .await?;
+    let done = if action == "pause" {
+        "paused"
+    } else {
+        "resumed"
+    };
+    Ok(match answer["changed"] == true {
+        true => format!("sink {name} {done}\n"),
+        false => format!("sink {name} was already {done}\n"),
+    })
+}
+
 /// Sink names are `[A-Za-z0-9_-]`; anything else is escaped for the query string.
 fn percent(text: &str) -> String {
     text.bytes()

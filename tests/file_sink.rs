@@ -127,3 +127,83 @@ async fn files_are_named_by_range_and_a_slow_sink_keeps_events_for_itself() {
     assert_eq!(written.len(), 4);
     assert_eq!(events_in(&written).len(), 28);
 }
+
+#[tokio::test]
+async fn a_paused_sink_sends_nothing_until_resumed_and_the_others_go_on() {
+    let config = "
+[sinks.held]
+kind = \"file\"
+dir = \"held\"
+[sinks.held.batch]
+max_events = 10
+max_age = \"1h\"
+
+[sinks.free]
+kind = \"file\"
+dir = \"free\"
+[sinks.free.batch]
+max_events = 10
+max_age = \"1h\"
+";
+    let daemon = Daemon::start(config).await;
+    let url = format!("http://127.0.0.1:{}", daemon.http_port);
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(common::binary())
+            .args(args)
+            .args(["--url", &url])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    assert_eq!(
+        cli(&["sink", "pause", "held"]),
+        (true, "sink held paused\n".into())
+    );
+    assert_eq!(
+        cli(&["sink", "pause", "held"]),
+        (true, "sink held was already paused\n".into())
+    );
+    let (ok, text) = cli(&["sink", "pause", "nope"]);
+    assert!(!ok && text.contains("no sink named `nope`"), "{text}");
+    assert_eq!(daemon.sink("held").await["state"], "paused");
+
+    daemon.post_ids(&ids("p", 10), "t").await;
+    // The other sink goes on; the paused one gathers its batch and stops
+    // before sending it (its loop says so in the state metric).
+    daemon
+        .wait_sink("free", WAIT, |s| s["cursor"] == 10 && s["lag_events"] == 0)
+        .await;
+    daemon
+        .wait_samples(&[("outboxd_sink_state{sink=\"held\",state=\"paused\"}", 1.0)])
+        .await;
+    assert!(events_in(&files(&daemon.data_dir().join("held"))).is_empty());
+    let held = daemon.sink("held").await;
+    assert_eq!(
+        (held["cursor"].as_i64(), held["lag_events"].as_i64()),
+        (Some(0), Some(10))
+    );
+    assert_eq!(
+        daemon.stored().await.len(),
+        10,
+        "its cursor keeps the events"
+    );
+
+    assert_eq!(
+        cli(&["sink", "resume", "held"]),
+        (true, "sink held resumed\n".into())
+    );
+    daemon
+        .wait_sink("held", WAIT, |s| {
+            s["cursor"] == 10 && s["state"] == "running"
+        })
+        .await;
+    let delivered: Vec<String> = events_in(&files(&daemon.data_dir().join("held")))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, ids("p", 10), "each event once, in order");
+}

@@ -277,6 +277,8 @@ async fn every_tcp_route_but_healthz_requires_the_token() {
             r#"{"sink":"remote","ids":["none"]}"#,
         ),
         (hyper::Method::GET, "/v1/dead-letters/remote/1", ""),
+        (hyper::Method::POST, "/v1/sinks/remote/pause", ""),
+        (hyper::Method::POST, "/v1/sinks/remote/resume", ""),
         (hyper::Method::GET, "/v1/no-such-route", ""),
     ];
     for (method, path, body) in routes {

@@ -121,7 +121,7 @@ impl Delivery {
             if self.shutdown.is_shutdown() {
                 break;
             }
-            if self.redeliver_requeued().await.is_none() {
+            if self.unless_paused().await.is_none() || self.redeliver_requeued().await.is_none() {
                 break;
             }
             // A range from `fixed` is sent as it is; only a new one may shrink to fit.
@@ -146,6 +146,10 @@ impl Delivery {
                     None => break,
                 },
             };
+            // Paused while the batch was gathered: hold it (one batch) until resumed.
+            if self.unless_paused().await.is_none() {
+                break;
+            }
             match self.send(batch, is_new, &mut fixed).await {
                 Some(Some(to)) => cursor = to,
                 Some(None) => {}
@@ -325,7 +329,7 @@ impl Delivery {
                     retry.halted_probe.0
                 }
             };
-            if !self.sleep(wait).await {
+            if !self.sleep(wait).await || self.unless_paused().await.is_none() {
                 return Verdict::Stopped;
             }
         }
@@ -483,6 +487,23 @@ impl Delivery {
             _ = requeues.changed() => Wake::Requeued,
             _ = shutdown.recv() => Wake::Shutdown,
         }
+    }
+
+    /// Waits while an operator has the sink paused; None on shutdown.
+    async fn unless_paused(&self) -> Option<()> {
+        let mut paused = self.status.watch_paused();
+        if !*paused.borrow_and_update() {
+            return Some(());
+        }
+        let before = self.status.snapshot().state;
+        self.status.set_state(SinkState::Paused);
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            resumed = paused.wait_for(|paused| !*paused) => { resumed.ok()?; }
+            _ = shutdown.recv() => return None,
+        }
+        self.status.set_state(before);
+        Some(())
     }
 
     /// Sleeps, or returns false on shutdown.

@@ -89,7 +89,10 @@ impl Delivery {
         let mut last_seq = self.outbox.watch_last_seq();
         let mut requeues = self.outbox.watch_requeues();
         loop {
-            if self.shutdown.is_shutdown() || self.redeliver_requeued().await.is_none() {
+            if self.shutdown.is_shutdown()
+                || self.unless_paused().await.is_none()
+                || self.redeliver_requeued().await.is_none()
+            {
                 break;
             }
             // An object fixed earlier (maybe before a crash) goes first, as it was.

@@ -12,9 +12,16 @@ pub enum SinkState {
     Running,
     Backoff,
     Halted,
+    /// An operator paused it (`outboxd sink pause`).
+    Paused,
 }
 
-const STATES: [SinkState; 3] = [SinkState::Running, SinkState::Backoff, SinkState::Halted];
+const STATES: [SinkState; 4] = [
+    SinkState::Running,
+    SinkState::Backoff,
+    SinkState::Halted,
+    SinkState::Paused,
+];
 
 impl SinkState {
     pub fn as_str(self) -> &'static str {
@@ -22,6 +29,7 @@ impl SinkState {
             SinkState::Running => "running",
             SinkState::Backoff => "backoff",
             SinkState::Halted => "halted",
+            SinkState::Paused => "paused",
         }
     }
 }
@@ -41,6 +49,9 @@ pub struct SinkStatus {
     pub name: String,
     pub kind: &'static str,
     inner: Mutex<Snapshot>,
+    /// Set by an operator; the loop waits while it is true. Not stored: a
+    /// restart resumes every sink.
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 impl SinkStatus {
@@ -56,9 +67,27 @@ impl SinkStatus {
                 last_error_ms: None,
                 last_success_ms: None,
             }),
+            paused: tokio::sync::watch::Sender::new(false),
         };
         status.publish_state(SinkState::Running);
         status
+    }
+
+    /// Pauses (true) or resumes (false) the sink; true when that changed anything.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        self.paused.send_if_modified(|current| {
+            let changed = *current != paused;
+            *current = paused;
+            changed
+        })
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    pub fn watch_paused(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.paused.subscribe()
     }
 
     pub fn snapshot(&self) -> Snapshot {

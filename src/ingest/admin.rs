@@ -29,6 +29,7 @@ pub struct SinkReport {
     pub last_error_ms: Option<i64>,
     pub last_success_ms: Option<i64>,
     pub dead_letters: i64,
+    pub paused: bool,
 }
 
 fn storage(e: sqlx::Error) -> IngestError {
@@ -66,12 +67,18 @@ pub async fn sinks(State(state): State<IngestState>) -> Result<Json<Vec<SinkRepo
             .map_err(storage)?
             .map_or(0, |cursor| cursor.delivered_seq);
         let snapshot = status.snapshot();
+        let paused = status.is_paused();
         let cursor = snapshot.cursor.max(durable);
         let (lag_events, lag_seconds) = lag(outbox, cursor).await.map_err(storage)?;
         reports.push(SinkReport {
             name: status.name.clone(),
             kind: status.kind,
-            state: snapshot.state.as_str(),
+            // The operator's word shows at once; the attempt in flight finishes first.
+            state: if paused {
+                "paused"
+            } else {
+                snapshot.state.as_str()
+            },
             cursor,
             batch: snapshot.batch,
             lag_events,
@@ -80,6 +87,7 @@ pub async fn sinks(State(state): State<IngestState>) -> Result<Json<Vec<SinkRepo
             last_error_ms: snapshot.last_error_ms,
             last_success_ms: snapshot.last_success_ms,
             dead_letters,
+            paused,
         });
     }
     Ok(Json(reports))
@@ -213,4 +221,53 @@ pub async fn purge(
     let Selection { sink, ids } = Selection::parse(&state, &body)?;
     let purged = sink_op(&state, SinkOp::Purge { sink, ids }).await?;
     Ok(Json(PurgeAnswer { purged }))
+}
+
+#[derive(Serialize)]
+pub struct PauseAnswer {
+    sink: String,
+    paused: bool,
+    /// False when the sink already was in that state.
+    changed: bool,
+}
+
+/// `POST /v1/sinks/{name}/pause` and `/resume`: the sink finishes the
+/// attempt in flight, then sends nothing until resumed (its events wait in
+/// the outbox, its cursor holds deletion back). Not kept across a restart.
+pub async fn pause_or_resume(
+    State(state): State<IngestState>,
+    Path((sink, action)): Path<(String, String)>,
+) -> Result<Json<PauseAnswer>, IngestError> {
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => {
+            return Err(IngestError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "POST /v1/sinks/NAME/pause or /v1/sinks/NAME/resume",
+            ))
+        }
+    };
+    let status = state
+        .shared
+        .sinks
+        .iter()
+        .find(|s| s.name == sink)
+        .ok_or_else(|| {
+            IngestError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_sink",
+                format!("no sink named `{sink}` is configured"),
+            )
+        })?;
+    let changed = status.set_paused(paused);
+    if changed {
+        tracing::info!(sink = %sink, paused, "sink {action}d by an operator");
+    }
+    Ok(Json(PauseAnswer {
+        sink,
+        paused,
+        changed,
+    }))
 }

@@ -101,6 +101,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/events", post(post_events).get(feed::page))
         .route("/v1/stream", get(feed::stream))
         .route("/v1/sinks", get(admin::sinks))
+        .route("/v1/sinks/{sink}/{action}", post(admin::pause_or_resume))
         .route("/v1/dead-letters", get(admin::dead_letters))
         .route("/v1/dead-letters/replay", post(admin::replay))
         .route("/v1/dead-letters/purge", post(admin::purge))
