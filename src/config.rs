@@ -32,9 +32,21 @@ pub struct Config {
     pub feed: FeedConfig,
     /// Secrets masked at ingest, before anything is stored.
     pub redaction: crate::redact::RedactionConfig,
+    pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
     /// Where events go: `[sinks.NAME]` with `kind = "s3" | "http" | "file"`.
     pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// Who may change what the daemon does (replay, purge, pause, resume).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for admin actions on the TCP listener; without it they
+    /// are refused there (the Unix socket's file mode decides on the socket).
+    pub token: Option<Secret>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 /// The change feed (`GET /v1/events`, `GET /v1/stream`).
@@ -139,6 +151,7 @@ impl Default for Config {
             log: LogConfig::default(),
             feed: FeedConfig::default(),
             redaction: crate::redact::RedactionConfig::default(),
+            admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
             sinks: BTreeMap::new(),
         }
@@ -273,6 +286,13 @@ impl Config {
         if !ingest.http_listen.is_empty() {
             parse_listen("ingest.http_listen", &ingest.http_listen)?;
         }
+        resolve_secret(
+            "admin.token",
+            self.admin.token.as_ref(),
+            self.admin.token_env.as_deref(),
+            self.admin.token_file.as_deref(),
+        )
+        .map_err(ConfigError)?;
         let token = resolve_secret(
             "ingest.auth_token",
             ingest.auth_token.as_ref(),
@@ -404,6 +424,18 @@ impl Config {
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("outbox.db")
+    }
+
+    pub fn admin_token(&self) -> Option<String> {
+        let admin = &self.admin;
+        resolve_secret(
+            "admin.token",
+            admin.token.as_ref(),
+            admin.token_env.as_deref(),
+            admin.token_file.as_deref(),
+        )
+        .ok()
+        .flatten()
     }
 
     pub fn auth_token(&self) -> Option<String> {

@@ -71,7 +71,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(addr) = config.http_listen() {
         let listener = listen::bind_tcp("ingest", addr).await?;
-        let router = ingest::router(ingest_state.with_token(config.auth_token()));
+        let router =
+            ingest::router(ingest_state.for_tcp(config.auth_token(), config.admin_token()));
         tracing::info!(addr = %listener.local_addr()?, "ingest listening (http)");
         servers.spawn(listen::serve_tcp(
             listener,

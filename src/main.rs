@@ -156,28 +156,45 @@ enum DlqCommand {
     },
 }
 
-/// How to reach a running daemon.
+/// How to reach a running daemon. Without --url or --socket: the Unix
+/// socket at $OUTBOXD_SOCKET, /run/outboxd/outboxd.sock or
+/// ./outboxd-data/outboxd.sock, the first that exists, else
+/// http://127.0.0.1:9811.
 #[derive(Args)]
 struct Connect {
-    /// outboxd's HTTP address [default: http://127.0.0.1:9811].
+    /// outboxd's HTTP address (admin actions over TCP need admin.token).
     #[arg(long, conflicts_with = "socket")]
     url: Option<String>,
-    /// outboxd's Unix socket instead of HTTP.
+    /// outboxd's Unix socket.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Bearer token, when ingest.auth_token is set.
+    /// Bearer token: ingest.auth_token, or admin.token for replay, purge,
+    /// pause and resume over TCP.
     #[arg(long)]
     token: Option<String>,
+}
+
+/// The Unix socket the CLI uses when told nothing: where the systemd unit
+/// and the default config put it.
+fn default_socket() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("OUTBOXD_SOCKET") {
+        return Some(PathBuf::from(path));
+    }
+    ["/run/outboxd/outboxd.sock", "outboxd-data/outboxd.sock"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
 }
 
 impl Connect {
     fn client(&self) -> anyhow::Result<Client> {
         let target = match (&self.url, &self.socket) {
             (_, Some(socket)) => Target::unix(socket, "/v1/events"),
-            (url, None) => Target::from_url(
-                url.as_deref().unwrap_or("http://127.0.0.1:9811"),
-                "/v1/events",
-            )?,
+            (Some(url), None) => Target::from_url(url, "/v1/events")?,
+            (None, None) => match default_socket() {
+                Some(socket) => Target::unix(socket, "/v1/events"),
+                None => Target::from_url("http://127.0.0.1:9811", "/v1/events")?,
+            },
         };
         Ok(Client::new(target))
     }

@@ -146,11 +146,12 @@ max_events = 10
 max_age = \"1h\"
 ";
     let daemon = Daemon::start(config).await;
-    let url = format!("http://127.0.0.1:{}", daemon.http_port);
+    let socket = daemon.socket();
     let cli = |args: &[&str]| {
         let output = std::process::Command::new(common::binary())
             .args(args)
-            .args(["--url", &url])
+            .arg("--socket")
+            .arg(&socket)
             .output()
             .unwrap();
         (
@@ -159,6 +160,18 @@ max_age = \"1h\"
                 + &String::from_utf8_lossy(&output.stderr),
         )
     };
+    // Over TCP an admin action needs admin.token, which is not set here.
+    let tcp = std::process::Command::new(common::binary())
+        .args(["sink", "pause", "held", "--url"])
+        .arg(format!("http://127.0.0.1:{}", daemon.http_port))
+        .output()
+        .unwrap();
+    assert!(!tcp.status.success());
+    assert!(
+        String::from_utf8_lossy(&tcp.stderr).contains("need admin.token"),
+        "{}",
+        String::from_utf8_lossy(&tcp.stderr)
+    );
     assert_eq!(
         cli(&["sink", "pause", "held"]),
         (true, "sink held paused\n".into())

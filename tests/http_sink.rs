@@ -277,8 +277,10 @@ async fn a_poison_event_is_isolated_and_dead_lettered_alone() {
         listed.contains("the-poison") && listed.contains("rejected: 400"),
         "{listed}"
     );
-    // Replay after the cause is fixed: the receiver now takes it.
+    // Replay after the cause is fixed: the receiver now takes it. Admin
+    // actions go over the socket (over TCP they need admin.token).
     receiver.set_script(|_, _| Reply::ok());
+    let socket = daemon.socket();
     let replayed = cli(&[
         "dlq",
         "replay",
@@ -286,8 +288,8 @@ async fn a_poison_event_is_isolated_and_dead_lettered_alone() {
         "remote",
         "--ids",
         "the-poison",
-        "--url",
-        &url,
+        "--socket",
+        socket.to_str().unwrap(),
     ]);
     assert!(replayed.contains("requeued 1"), "{replayed}");
     assert!(
@@ -590,11 +592,12 @@ async fn an_operator_can_read_a_dead_letter_and_purge_dead_letters() {
     daemon
         .wait_sink("remote", WAIT, |s| s["dead_letters"] == 3)
         .await;
-    let url = format!("http://127.0.0.1:{}", daemon.http_port);
+    let socket = daemon.socket();
     let cli = |args: &[&str]| {
         std::process::Command::new(common::binary())
             .args(args)
-            .args(["--url", &url])
+            .arg("--socket")
+            .arg(&socket)
             .output()
             .unwrap()
     };

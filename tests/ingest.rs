@@ -257,7 +257,7 @@ async fn the_tcp_listener_requires_the_token_and_the_socket_does_not() {
 #[tokio::test]
 async fn every_tcp_route_but_healthz_requires_the_token() {
     let daemon = Daemon::start(&format!(
-        "[ingest]\nauth_token = \"s3cret\"\n[sinks.remote]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n",
+        "[ingest]\nauth_token = \"s3cret\"\n[admin]\ntoken = \"adm1n\"\n[sinks.remote]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/\"\n",
         common::free_port()
     ))
     .await;
@@ -281,13 +281,26 @@ async fn every_tcp_route_but_healthz_requires_the_token() {
         (hyper::Method::POST, "/v1/sinks/remote/resume", ""),
         (hyper::Method::GET, "/v1/no-such-route", ""),
     ];
+    let admin = |path: &str| {
+        path.ends_with("/replay")
+            || path.ends_with("/purge")
+            || path.ends_with("/pause")
+            || path.ends_with("/resume")
+    };
     for (method, path, body) in routes {
+        // Admin actions take the admin token only: the ingest token an agent
+        // holds does not pause sinks or purge dead letters.
+        let ingest_token = admin(path).then_some("Bearer s3cret");
         for authorization in [
             None,
             Some("Bearer nope"),
             Some("Bearer s3cret2"),
             Some("s3cret"),
-        ] {
+            Some("Bearer adm1n2"),
+        ]
+        .into_iter()
+        .chain([ingest_token])
+        {
             let mut headers = vec![("content-type", "application/json")];
             headers.extend(authorization.map(|a| ("authorization", a)));
             let answer = daemon
@@ -310,7 +323,14 @@ async fn every_tcp_route_but_healthz_requires_the_token() {
                 Some(path),
                 &[
                     ("content-type", "application/json"),
-                    ("authorization", "Bearer s3cret"),
+                    (
+                        "authorization",
+                        if admin(path) {
+                            "Bearer adm1n"
+                        } else {
+                            "Bearer s3cret"
+                        },
+                    ),
                 ],
                 Bytes::from(*body),
             )

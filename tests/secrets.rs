@@ -11,6 +11,7 @@ use common::Daemon;
 use std::process::Command;
 
 const INGEST_TOKEN: &str = "ingest-tok-Q7xKp2";
+const ADMIN_TOKEN: &str = "admin-tok-Ny64sB";
 const SINK_TOKEN: &str = "sink-tok-Zr81mW";
 const HEADER_VALUE: &str = "hdr-key-Lw03nE";
 const URL_PASSWORD: &str = "url-pass-Vb55tY";
@@ -29,7 +30,7 @@ async fn no_secret_appears_in_logs_check_config_status_or_metrics() {
             .url()
             .replacen("http://", &format!("http://agent:{URL_PASSWORD}@"), 1);
     let daemon = Daemon::start(&format!(
-        "[ingest]\nauth_token = \"{INGEST_TOKEN}\"\n\
+        "[ingest]\nauth_token = \"{INGEST_TOKEN}\"\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
          [sinks.remote]\nkind = \"http\"\nurl = \"{with_credentials}\"\ntoken = \"{SINK_TOKEN}\"\n\
          headers = {{ \"X-Api-Key\" = \"{HEADER_VALUE}\" }}\n\
          [sinks.remote.retry]\ninitial = \"50ms\"\nmax = \"200ms\"\n\
@@ -105,6 +106,7 @@ async fn no_secret_appears_in_logs_check_config_status_or_metrics() {
     ] {
         for secret in [
             INGEST_TOKEN,
+            ADMIN_TOKEN,
             SINK_TOKEN,
             HEADER_VALUE,
             URL_PASSWORD,

@@ -52,6 +52,19 @@ pub struct IngestState {
     shared: Arc<Shared>,
     /// Bearer token required on this listener, if any.
     token: Option<Arc<str>>,
+    /// Who may take admin actions on this listener.
+    admin: AdminAccess,
+}
+
+/// Admin actions (replay, purge, pause, resume) by listener.
+#[derive(Clone)]
+enum AdminAccess {
+    /// The Unix socket: its file mode decides who connects at all.
+    Open,
+    /// TCP with `admin.token` set: that token, not the ingest one.
+    Token(Arc<str>),
+    /// TCP without `admin.token`: refused.
+    Refused,
 }
 
 impl IngestState {
@@ -83,14 +96,20 @@ impl IngestState {
                 feed: feed::Feed::new(config.feed.max_subscribers, config.feed.max_lag, shutdown),
             }),
             token: None,
+            admin: AdminAccess::Open,
         }
     }
 
-    /// The same state, requiring `Authorization: Bearer <token>`.
-    pub fn with_token(&self, token: Option<String>) -> Self {
+    /// The same state for the TCP listener: `Authorization: Bearer <token>`
+    /// on every route (when set), and admin actions only with `admin_token`.
+    pub fn for_tcp(&self, token: Option<String>, admin_token: Option<String>) -> Self {
         IngestState {
             shared: self.shared.clone(),
             token: token.map(Arc::from),
+            admin: match admin_token {
+                Some(token) => AdminAccess::Token(Arc::from(token)),
+                None => AdminAccess::Refused,
+            },
         }
     }
 }
@@ -120,12 +139,36 @@ pub fn router(state: IngestState) -> Router {
 }
 
 /// With a token set on this listener, every route but `/healthz` requires
-/// it: the admin routes (sinks, dead letters, replay) as much as ingest.
+/// it (sinks and dead letters as much as ingest); admin actions require the
+/// admin token instead, and on TCP are refused without one.
 async fn require_token(
     State(state): State<IngestState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if is_admin_action(request.method(), request.uri().path()) {
+        let refusal = match &state.admin {
+            AdminAccess::Open => None,
+            AdminAccess::Token(token) if authorized(token, request.headers()) => None,
+            AdminAccess::Token(_) => Some(IngestError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "admin actions need `Authorization: Bearer <admin.token>`",
+            )),
+            AdminAccess::Refused => Some(IngestError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "admin actions over TCP need admin.token to be set; or use the Unix socket (--socket)",
+            )),
+        };
+        return match refusal {
+            Some(error) => {
+                metrics::counter!(names::INGEST_REJECTED, "reason" => error.code).increment(1);
+                error.into_response()
+            }
+            None => next.run(request).await,
+        };
+    }
     if let Some(token) = &state.token {
         if request.uri().path() != "/healthz" && !authorized(token, request.headers()) {
             metrics::counter!(names::INGEST_REJECTED, "reason" => "unauthorized").increment(1);
@@ -138,6 +181,14 @@ async fn require_token(
         }
     }
     next.run(request).await
+}
+
+/// Requests that change what the daemon does, rather than feed or read it.
+fn is_admin_action(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST
+        && (matches!(path, "/v1/dead-letters/replay" | "/v1/dead-letters/purge")
+            || (path.starts_with("/v1/sinks/")
+                && (path.ends_with("/pause") || path.ends_with("/resume"))))
 }
 
 #[cfg(test)]
