@@ -42,11 +42,18 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Show each sink's state, cursor, lag, errors and dead letters.
+    ///
+    /// Example: outboxd status --watch
     Status {
         #[command(flatten)]
         connect: Connect,
         #[arg(long)]
         json: bool,
+        /// Refresh every SECONDS (default 2): in place on a terminal, one
+        /// snapshot after another when piped. Ctrl-C stops.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
+              value_parser = parse_interval)]
+        watch: Option<std::time::Duration>,
     },
     /// Export every readable event of an outbox database (e.g. one in
     /// data_dir/quarantine/) as NDJSON for `outboxd send`.
@@ -172,6 +179,17 @@ struct Connect {
     /// pause and resume over TCP.
     #[arg(long)]
     token: Option<String>,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.1..=3600.0).contains(&secs) => {
+            Ok(std::time::Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 0.1 to 3600"
+        )),
+    }
 }
 
 /// The Unix socket the CLI uses when told nothing: where the systemd unit
@@ -303,10 +321,35 @@ fn main() -> ExitCode {
             })
         }
         Command::Salvage { file, output } => salvage(&file, output.as_deref()),
-        Command::Status { connect, json } => {
+        Command::Status {
+            connect,
+            json,
+            watch,
+        } => {
             let token = connect.token.clone();
             remote(&connect, |mut client| async move {
-                outboxd::remote::status(&mut client, token.as_deref(), json).await
+                let Some(every) = watch else {
+                    return outboxd::remote::status(&mut client, token.as_deref(), json).await;
+                };
+                use std::io::{IsTerminal, Write};
+                let terminal = std::io::stdout().is_terminal();
+                loop {
+                    let table =
+                        outboxd::remote::status(&mut client, token.as_deref(), json).await?;
+                    let mut out = std::io::stdout().lock();
+                    if terminal {
+                        // Home and clear: the table is redrawn in place.
+                        write!(out, "\x1b[H\x1b[2J")?;
+                        writeln!(out, "every {every:?}, Ctrl-C stops\n")?;
+                    }
+                    write!(out, "{table}")?;
+                    if !terminal {
+                        writeln!(out)?;
+                    }
+                    out.flush()?;
+                    drop(out);
+                    tokio::time::sleep(every).await;
+                }
             })
         }
         Command::Health { url } => {

@@ -374,3 +374,60 @@ async fn send_posts_files_in_batches_and_reports_errors_with_the_input_line() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach outboxd"));
 }
+
+#[tokio::test]
+async fn status_watch_prints_one_snapshot_after_another_when_piped() {
+    use std::io::BufRead;
+    let daemon = Daemon::start("[sinks.local]\nkind = \"file\"\ndir = \"out\"\n").await;
+    let mut child = Command::new(binary())
+        .args(["status", "--watch", "0.2", "--socket"])
+        .arg(daemon.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Only catches a hang: the child is killed, the read ends, the count fails.
+    let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        })
+    };
+    let mut headers = 0;
+    let mut rows = 0;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        assert!(
+            !line.contains('\x1b'),
+            "no terminal codes when piped: {line:?}"
+        );
+        headers += line.starts_with("SINK") as usize;
+        rows += line.starts_with("local") as usize;
+        if headers == 3 {
+            break;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    watchdog.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(headers, 3, "three snapshots");
+    assert!(rows >= 2, "each shows the sink");
+
+    let refused = Command::new(binary())
+        .args(["status", "--watch", "0", "--socket"])
+        .arg(daemon.socket())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("from 0.1 to 3600"));
+}
