@@ -311,6 +311,7 @@ fn main() -> ExitCode {
                 batch_bytes: 4 << 20,
                 token: connect.token.clone(),
                 retries: 5,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             remote(&connect, |mut client| async move {
                 let report = send(&mut client, input, &options).await?;

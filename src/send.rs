@@ -14,6 +14,9 @@ pub struct SendOptions {
     pub token: Option<String>,
     /// How often a 503 (outbox full, shutting down) is retried after Retry-After.
     pub retries: u32,
+    /// Redraw a progress line on stderr (events, bytes, rate): for a
+    /// terminal, never when piped.
+    pub progress: bool,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -22,6 +25,46 @@ pub struct SendReport {
     pub accepted: u64,
     pub duplicates: u64,
     pub last_seq: i64,
+    /// Body bytes sent in accepted requests.
+    pub bytes: u64,
+}
+
+/// The progress line, redrawn at most five times a second.
+struct Progress {
+    enabled: bool,
+    started: std::time::Instant,
+    drawn: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn update(&mut self, report: &SendReport) {
+        let now = std::time::Instant::now();
+        if !self.enabled
+            || self
+                .drawn
+                .is_some_and(|at| now - at < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.drawn = Some(now);
+        eprint!("\r{}\x1b[K", progress_line(report, now - self.started));
+    }
+
+    fn finish(&self) {
+        if self.drawn.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+fn progress_line(report: &SendReport, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    format!(
+        "{} events, {:.1} MiB, {:.0} events/s",
+        report.accepted + report.duplicates,
+        report.bytes as f64 / (1 << 20) as f64,
+        (report.accepted + report.duplicates) as f64 / secs
+    )
 }
 
 /// One batch: NDJSON text and the input line each of its lines came from.
@@ -37,23 +80,34 @@ pub async fn send(
     options: &SendOptions,
 ) -> anyhow::Result<SendReport> {
     let mut report = SendReport::default();
-    let mut batch = Batch::default();
-    for item in read_events(input)? {
-        let (line, text) = item?;
-        if !batch.lines.is_empty()
-            && (batch.lines.len() >= options.batch_events
-                || batch.body.len() + text.len() > options.batch_bytes)
-        {
-            post(client, std::mem::take(&mut batch), options, &mut report).await?;
+    let mut progress = Progress {
+        enabled: options.progress,
+        started: std::time::Instant::now(),
+        drawn: None,
+    };
+    let result = async {
+        let mut batch = Batch::default();
+        for item in read_events(input)? {
+            let (line, text) = item?;
+            if !batch.lines.is_empty()
+                && (batch.lines.len() >= options.batch_events
+                    || batch.body.len() + text.len() > options.batch_bytes)
+            {
+                post(client, std::mem::take(&mut batch), options, &mut report).await?;
+                progress.update(&report);
+            }
+            batch.body.push_str(&text);
+            batch.body.push('\n');
+            batch.lines.push(line);
         }
-        batch.body.push_str(&text);
-        batch.body.push('\n');
-        batch.lines.push(line);
+        if !batch.lines.is_empty() {
+            post(client, batch, options, &mut report).await?;
+        }
+        anyhow::Ok(())
     }
-    if !batch.lines.is_empty() {
-        post(client, batch, options, &mut report).await?;
-    }
-    Ok(report)
+    .await;
+    progress.finish();
+    result.map(|()| report)
 }
 
 type Item = anyhow::Result<(usize, String)>;
@@ -147,8 +201,28 @@ async fn post(
             report.accepted
         );
     }
+    report.bytes += body.len() as u64;
     report.accepted += json["accepted"].as_u64().unwrap_or(0);
     report.duplicates += json["duplicates"].as_u64().unwrap_or(0);
     report.last_seq = json["last_seq"].as_i64().unwrap_or(report.last_seq);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_counts_events_bytes_and_rate() {
+        let report = SendReport {
+            accepted: 9_000,
+            duplicates: 1_000,
+            bytes: 3 << 20,
+            ..SendReport::default()
+        };
+        assert_eq!(
+            progress_line(&report, Duration::from_secs(4)),
+            "10000 events, 3.0 MiB, 2500 events/s"
+        );
+    }
 }

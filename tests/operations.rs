@@ -321,6 +321,11 @@ async fn send_posts_files_in_batches_and_reports_errors_with_the_input_line() {
         stdout.contains("accepted 25 events (0 duplicates) in 3 requests; last_seq 25"),
         "{stdout}"
     );
+    assert!(
+        output.stderr.is_empty(),
+        "no progress line when stderr is not a terminal: {:?}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // A JSON array over the Unix socket, read from stdin; all duplicates now.
     let array = format!(
         "[{}]",
