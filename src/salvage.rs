@@ -52,6 +52,20 @@ const BATCH: i64 = 1000;
 /// A scratch copy of the database, removed when dropped.
 struct Scratch(PathBuf);
 
+impl Scratch {
+    /// A directory of its own: two salvages in one process (the tests run
+    /// in parallel) once shared `outboxd-salvage-PID`, and each read or
+    /// deleted the other's copy.
+    fn create() -> std::io::Result<Scratch> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("outboxd-salvage-{}-{n}", std::process::id()));
+        // create_dir, not create_dir_all: a leftover of the same name is an error, never shared.
+        std::fs::create_dir(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -62,9 +76,7 @@ pub fn salvage(file: &Path, out: &mut dyn Write) -> anyhow::Result<SalvageReport
     let meta =
         std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
     anyhow::ensure!(meta.is_file(), "{} is not a file", file.display());
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("outboxd-salvage-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0)?;
+    let scratch = Scratch::create().context("creating a scratch directory for the copy")?;
     let copy = scratch.0.join("outbox.db");
     std::fs::copy(file, &copy)
         .with_context(|| format!("copying {} to {}", file.display(), copy.display()))?;
