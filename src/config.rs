@@ -286,20 +286,8 @@ impl Config {
         if !ingest.http_listen.is_empty() {
             parse_listen("ingest.http_listen", &ingest.http_listen)?;
         }
-        resolve_secret(
-            "admin.token",
-            self.admin.token.as_ref(),
-            self.admin.token_env.as_deref(),
-            self.admin.token_file.as_deref(),
-        )
-        .map_err(ConfigError)?;
-        let token = resolve_secret(
-            "ingest.auth_token",
-            ingest.auth_token.as_ref(),
-            ingest.auth_token_env.as_deref(),
-            ingest.auth_token_file.as_deref(),
-        )
-        .map_err(ConfigError)?;
+        self.resolve_admin_token()?;
+        let token = self.resolve_auth_token()?;
         if let Some(addr) = self.http_listen() {
             if !addr.ip().is_loopback() && token.is_none() && !ingest.allow_unauthenticated_remote {
                 return Err(error_at(
@@ -426,7 +414,17 @@ impl Config {
         self.data_dir.join("outbox.db")
     }
 
+    /// `admin.token` from whichever form is set (checked by `validate`).
     pub fn admin_token(&self) -> Option<String> {
+        self.resolve_admin_token().ok().flatten()
+    }
+
+    /// `ingest.auth_token` from whichever form is set (checked by `validate`).
+    pub fn auth_token(&self) -> Option<String> {
+        self.resolve_auth_token().ok().flatten()
+    }
+
+    fn resolve_admin_token(&self) -> Result<Option<String>, ConfigError> {
         let admin = &self.admin;
         resolve_secret(
             "admin.token",
@@ -434,11 +432,10 @@ impl Config {
             admin.token_env.as_deref(),
             admin.token_file.as_deref(),
         )
-        .ok()
-        .flatten()
+        .map_err(ConfigError)
     }
 
-    pub fn auth_token(&self) -> Option<String> {
+    fn resolve_auth_token(&self) -> Result<Option<String>, ConfigError> {
         let ingest = &self.ingest;
         resolve_secret(
             "ingest.auth_token",
@@ -446,8 +443,7 @@ impl Config {
             ingest.auth_token_env.as_deref(),
             ingest.auth_token_file.as_deref(),
         )
-        .ok()
-        .flatten()
+        .map_err(ConfigError)
     }
 
     /// The effective configuration as TOML, secrets masked.

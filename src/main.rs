@@ -329,27 +329,12 @@ fn main() -> ExitCode {
         } => {
             let token = connect.token.clone();
             remote(&connect, |mut client| async move {
-                let Some(every) = watch else {
-                    return outboxd::remote::status(&mut client, token.as_deref(), json).await;
-                };
-                use std::io::{IsTerminal, Write};
-                let terminal = std::io::stdout().is_terminal();
-                loop {
-                    let table =
-                        outboxd::remote::status(&mut client, token.as_deref(), json).await?;
-                    let mut out = std::io::stdout().lock();
-                    if terminal {
-                        // Home and clear: the table is redrawn in place.
-                        write!(out, "\x1b[H\x1b[2J")?;
-                        writeln!(out, "every {every:?}, Ctrl-C stops\n")?;
+                match watch {
+                    None => outboxd::remote::status(&mut client, token.as_deref(), json).await,
+                    Some(every) => {
+                        outboxd::remote::status_watch(&mut client, token.as_deref(), json, every)
+                            .await
                     }
-                    write!(out, "{table}")?;
-                    if !terminal {
-                        writeln!(out)?;
-                    }
-                    out.flush()?;
-                    drop(out);
-                    tokio::time::sleep(every).await;
                 }
             })
         }

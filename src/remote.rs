@@ -90,6 +90,34 @@ pub async fn health(client: &mut Client) -> anyhow::Result<String> {
     anyhow::bail!("not ready ({}): {body}", answer.status)
 }
 
+/// `status` every `every` until an error (or Ctrl-C): redrawn in place on
+/// a terminal, one snapshot after another when piped.
+pub async fn status_watch(
+    client: &mut Client,
+    token: Option<&str>,
+    json: bool,
+    every: std::time::Duration,
+) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let table = status(client, token, json).await?;
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            // Home and clear: the table is redrawn in place.
+            write!(out, "\x1b[H\x1b[2J")?;
+            writeln!(out, "every {every:?}, Ctrl-C stops\n")?;
+        }
+        write!(out, "{table}")?;
+        if !terminal {
+            writeln!(out)?;
+        }
+        out.flush()?;
+        drop(out);
+        tokio::time::sleep(every).await;
+    }
+}
+
 pub async fn status(
     client: &mut Client,
     token: Option<&str>,

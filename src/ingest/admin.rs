@@ -175,15 +175,25 @@ impl Selection {
                 format!("expected {{\"sink\": NAME, \"ids\": [ID, ...]?}}: {e}"),
             )
         })?;
-        if !state.shared.sinks.iter().any(|s| s.name == selection.sink) {
-            return Err(IngestError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_sink",
-                format!("no sink named `{}` is configured", selection.sink),
-            ));
-        }
+        configured(state, &selection.sink)?;
         Ok(selection)
     }
+}
+
+/// The status of the configured sink `name`, or 404.
+fn configured<'a>(state: &'a IngestState, name: &str) -> Result<&'a Arc<SinkStatus>, IngestError> {
+    state
+        .shared
+        .sinks
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            IngestError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_sink",
+                format!("no sink named `{name}` is configured"),
+            )
+        })
 }
 
 async fn sink_op(state: &IngestState, op: SinkOp) -> Result<u64, IngestError> {
@@ -249,19 +259,7 @@ pub async fn pause_or_resume(
             ))
         }
     };
-    let status = state
-        .shared
-        .sinks
-        .iter()
-        .find(|s| s.name == sink)
-        .ok_or_else(|| {
-            IngestError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_sink",
-                format!("no sink named `{sink}` is configured"),
-            )
-        })?;
-    let changed = status.set_paused(paused);
+    let changed = configured(&state, &sink)?.set_paused(paused);
     if changed {
         tracing::info!(sink = %sink, paused, "sink {action}d by an operator");
     }

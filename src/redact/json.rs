@@ -78,10 +78,10 @@ impl Rewrite<'_> {
             b'"' => {
                 let end = string_end(bytes, at);
                 let raw = &self.body[at..end];
-                let decoded: Option<String> = if raw.contains('\\') {
-                    serde_json::from_str(raw).ok()
+                let decoded: Option<std::borrow::Cow<str>> = if raw.contains('\\') {
+                    serde_json::from_str::<String>(raw).ok().map(Into::into)
                 } else {
-                    Some(raw[1..raw.len() - 1].to_owned())
+                    Some(raw[1..raw.len() - 1].into())
                 };
                 match decoded.and_then(|text| self.visitor.string(&self.pointer, &text)) {
                     Some(new) => {
