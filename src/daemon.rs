@@ -1,45 +1,70 @@
-//! `outboxd run`: opens the outbox, binds the listeners, serves until a
-//! signal, then shuts down in order (listeners, then the writer).
+//! `outboxd run`: opens the outbox, binds the listeners, starts the sinks,
+//! serves (reloading on SIGHUP) until a signal, then shuts down in order
+//! (listeners, sinks, then the writer).
 
 use crate::config::Config;
-use crate::delivery::status::SinkStatus;
-use crate::delivery::Delivery;
-use crate::ingest::{self, admin::SinkRegistry, listen, IngestState};
+use crate::ingest::{self, listen, IngestState};
 use crate::ops::{self, OpsState};
-use crate::outbox::{integrity, Outbox, SinkOp};
+use crate::outbox::integrity;
+use crate::reload::{self, Reloader};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
-use crate::sinks::Sink;
+use crate::supervisor::Supervisor;
 use crate::{outbox, service, telemetry};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
     let drain_timeout = config.shutdown.drain_timeout.0;
     let opened = outbox::open(&config.outbox_settings()).await?;
     let signals = install_signals()?;
     let trigger = ShutdownTrigger::new();
-    let sinks: SinkRegistry = Arc::new(
-        config
-            .sinks
-            .iter()
-            .map(|(name, sink)| Arc::new(SinkStatus::new(name, sink.kind.as_str(), 0)))
-            .collect(),
+    let mut supervisor = Supervisor::new(
+        opened.outbox.clone(),
+        config.data_dir.clone(),
+        drain_timeout,
     );
+    let sinks = supervisor.registry();
+    let (reloads, reload_requests) = mpsc::channel(4);
     let ingest_state = IngestState::new(
         &config,
         opened.outbox.clone(),
         sinks.clone(),
         Some(trigger.subscribe()),
+        Some(reloads.clone()),
     );
+    // Everything binds before anything serves or delivers: a clash fails
+    // start-up with nothing running, and the first request answered already
+    // sees every sink.
+    let metrics_listener = match config.metrics_listen() {
+        Some(addr) => Some(listen::bind_tcp("metrics", addr).await?),
+        None => None,
+    };
+    let unix_listener = match config.unix_socket_path() {
+        Some(path) => Some((
+            listen::bind_unix(
+                &path,
+                config.unix_socket_mode()?,
+                config.unix_socket_group()?,
+            )?,
+            path,
+        )),
+        None => None,
+    };
+    let tcp_listener = match config.http_listen() {
+        Some(addr) => Some(listen::bind_tcp("ingest", addr).await?),
+        None => None,
+    };
+    supervisor.apply(&config.sinks).await?;
+
     let mut servers = JoinSet::new();
     let mut socket_file = None;
     let limits = listen::ConnectionLimits::from_config(&config);
-    // Metrics first: once ingest answers, /readyz and /metrics do too.
-    if let Some(addr) = config.metrics_listen() {
-        let listener = listen::bind_tcp("metrics", addr).await?;
+    if let Some(listener) = metrics_listener {
         let router = ops::router(OpsState {
             outbox: opened.outbox.clone(),
             metrics,
@@ -53,13 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits,
         ));
     }
-    // The socket before TCP: whoever sees the HTTP port answer finds the socket too.
-    if let Some(path) = config.unix_socket_path() {
-        let (listener, file) = listen::bind_unix(
-            &path,
-            config.unix_socket_mode()?,
-            config.unix_socket_group()?,
-        )?;
+    if let Some(((listener, file), path)) = unix_listener {
         tracing::info!(path = %path.display(), "ingest listening (unix socket)");
         servers.spawn(listen::serve(
             listener,
@@ -69,8 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
         socket_file = Some(file);
     }
-    if let Some(addr) = config.http_listen() {
-        let listener = listen::bind_tcp("ingest", addr).await?;
+    if let Some(listener) = tcp_listener {
         let router =
             ingest::router(ingest_state.for_tcp(config.auth_token(), config.admin_token()));
         tracing::info!(addr = %listener.local_addr()?, "ingest listening (http)");
@@ -81,11 +99,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits,
         ));
     }
+    let reloader = Reloader::new(source, config.clone(), supervisor, ingest_state.redaction());
     drop(ingest_state);
-    // Listeners are bound (a clash fails start-up before anything runs); now the sinks.
-    let mut deliveries = start_sinks(&config, &opened.outbox, &trigger, &sinks).await?;
+    let mut sink_tasks = tokio::spawn(reloader.serve(reload_requests, trigger.subscribe()));
     let trigger = Arc::new(trigger);
-    tokio::spawn(watch_signals(trigger.clone(), signals));
+    tokio::spawn(watch_signals(trigger.clone(), signals, reloads));
     tracing::info!(last_seq = opened.outbox.last_seq(), "outboxd ready");
     service::ready(&opened.outbox);
     tokio::spawn(service::keep_alive(
@@ -125,14 +143,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         servers.abort_all();
     }
-    // Sinks finish or abandon their attempt within the drain timeout; an
-    // abandoned batch keeps its recorded range and is sent again on start.
-    let stopped = tokio::time::timeout(drain_timeout + Duration::from_secs(2), async {
-        while deliveries.join_next().await.is_some() {}
-    })
-    .await;
-    if stopped.is_err() {
-        deliveries.abort_all();
+    // Sinks finish or abandon their attempt within the drain timeout (a
+    // reload under way finishes first); an abandoned batch keeps its
+    // recorded range and is sent again on start.
+    let bound = 2 * (drain_timeout + Duration::from_secs(2));
+    if tokio::time::timeout(bound, &mut sink_tasks).await.is_err() {
+        tracing::warn!("the sinks did not stop in {bound:?}");
+        sink_tasks.abort();
     }
     // The writer stops once the last outbox handle is gone.
     let outbox::Opened {
@@ -169,41 +186,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 #[error("the outbox database is corrupt ({0}); restarting to check it")]
 pub struct RestartToCheck(pub String);
 
-/// Registers the configured sinks' cursors and starts one delivery task each.
-async fn start_sinks(
-    config: &Config,
-    outbox: &Outbox,
-    trigger: &ShutdownTrigger,
-    statuses: &SinkRegistry,
-) -> anyhow::Result<JoinSet<()>> {
-    let names: Vec<String> = config.sinks.keys().cloned().collect();
-    outbox
-        .sink_op(SinkOp::Register { sinks: names })
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let mut deliveries = JoinSet::new();
-    for ((name, sink_config), status) in config.sinks.iter().zip(statuses.iter()) {
-        let sink = Sink::build(name, sink_config, &config.data_dir).map_err(anyhow::Error::msg)?;
-        let cursor = outbox
-            .sink_cursor(name)
-            .await?
-            .map_or(0, |c| c.delivered_seq);
-        status.advanced(cursor);
-        let delivery = Delivery::new(
-            name,
-            sink_config.clone(),
-            sink,
-            outbox.clone(),
-            status.clone(),
-            trigger.subscribe(),
-            config.shutdown.drain_timeout.0,
-        );
-        tracing::info!(sink = %name, kind = sink_config.kind.as_str(), cursor, "sink started");
-        deliveries.spawn(delivery.run());
-    }
-    Ok(deliveries)
-}
-
 /// The signals outboxd handles, installed before anything listens, so a
 /// SIGTERM that arrives as soon as `/healthz` answers is already a graceful
 /// one, and a SIGHUP (`systemctl reload`) never kills the daemon.
@@ -224,15 +206,22 @@ fn install_signals() -> anyhow::Result<Signals> {
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
-/// SIGHUP: logged; the config is read only at start.
-async fn watch_signals(trigger: Arc<ShutdownTrigger>, mut signals: Signals) {
+/// SIGHUP: reload the config (the outcome is logged).
+async fn watch_signals(
+    trigger: Arc<ShutdownTrigger>,
+    mut signals: Signals,
+    reloads: reload::Requests,
+) {
     let mut stopping = false;
     loop {
         tokio::select! {
             _ = signals.term.recv() => {}
             _ = signals.int.recv() => {}
             _ = signals.hup.recv() => {
-                tracing::warn!("SIGHUP: live reload is not supported yet; the running configuration stays. Restart outboxd to apply config changes");
+                tracing::info!("SIGHUP: reloading the configuration");
+                if reloads.try_send(reload::Request { reply: None }).is_err() {
+                    tracing::warn!("SIGHUP: reloads already queued; this one is folded into them");
+                }
                 continue;
             }
         }

@@ -73,6 +73,17 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9812")]
         url: String,
     },
+    /// Re-read the daemon's config file and apply it: sinks added, removed
+    /// or changed, redaction rules. Changes to anything else (listeners,
+    /// data_dir, limits, tokens) are refused, naming them; so is an invalid
+    /// file. The running configuration then stays. Same as SIGHUP, but
+    /// answers, and exits 1 when nothing was applied.
+    ///
+    /// Example: outboxd reload
+    Reload {
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Pause or resume a sink.
     Sink {
         #[command(subcommand)]
@@ -261,6 +272,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
+            let config_path = config.clone();
             let source = match &config {
                 Some(path) => Source::File(path),
                 None => Source::Embedded,
@@ -275,7 +287,7 @@ fn main() -> ExitCode {
                 .build();
             match runtime
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(outboxd::daemon::run(config)))
+                .and_then(|rt| rt.block_on(outboxd::daemon::run(config, config_path)))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.is::<outboxd::daemon::RestartToCheck>() => restart_in_place(),
@@ -346,6 +358,12 @@ fn main() -> ExitCode {
             };
             remote(&connect, |mut client| async move {
                 outboxd::remote::health(&mut client).await
+            })
+        }
+        Command::Reload { connect } => {
+            let token = connect.token.clone();
+            remote(&connect, |mut client| async move {
+                outboxd::remote::reload(&mut client, token.as_deref()).await
             })
         }
         Command::Sink { command } => {

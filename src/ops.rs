@@ -43,7 +43,7 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         .metrics()
         .num_alive_tasks();
     metrics::gauge!(names::RUNTIME_TASKS).set(tasks as f64);
-    for sink in state.sinks.iter() {
+    for sink in state.sinks.list().iter() {
         if let Ok((events, seconds)) = lag(&state.outbox, sink.snapshot().cursor).await {
             metrics::gauge!(names::SINK_LAG_EVENTS, "sink" => sink.name.clone()).set(events as f64);
             metrics::gauge!(names::SINK_LAG_SECONDS, "sink" => sink.name.clone()).set(seconds);

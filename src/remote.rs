@@ -293,6 +293,49 @@ pub async fn sink_pause_or_resume(
     })
 }
 
+/// `POST /v1/admin/reload`: what changed, or the daemon's reason for
+/// changing nothing (an error, so the exit status says it).
+pub async fn reload(client: &mut Client, token: Option<&str>) -> anyhow::Result<String> {
+    let answer = call(
+        client,
+        hyper::Method::POST,
+        "/v1/admin/reload",
+        token,
+        Some(String::new()),
+    )
+    .await?;
+    let names = |key: &str| {
+        let list: Vec<String> = answer["sinks"][key]
+            .as_array()
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default();
+        if list.is_empty() {
+            "-".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    Ok(format!(
+        "{}
+sinks added:     {}
+sinks removed:   {}
+sinks changed:   {}
+sinks unchanged: {}
+redaction:       {}
+",
+        text(&answer["result"]),
+        names("added"),
+        names("removed"),
+        names("changed"),
+        names("unchanged"),
+        if answer["redaction_changed"] == true {
+            "changed"
+        } else {
+            "unchanged"
+        },
+    ))
+}
+
 /// Sink names are `[A-Za-z0-9_-]`; anything else is escaped for the query string.
 fn percent(text: &str) -> String {
     text.bytes()

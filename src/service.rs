@@ -1,7 +1,8 @@
 //! Telling the service manager how outboxd is doing (systemd `Type=notify`):
 //! `READY=1` once the outbox is open and every listener is bound, a `STATUS=`
-//! line kept current, `WATCHDOG=1` pings while the writer answers, and
-//! `STOPPING=1` when shutdown begins. Without `NOTIFY_SOCKET` every call is
+//! line kept current, `WATCHDOG=1` pings while the writer answers,
+//! `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when
+//! shutdown begins. Without `NOTIFY_SOCKET` every call is
 //! a no-op, so the same binary runs anywhere.
 
 use crate::outbox::Outbox;
@@ -36,6 +37,28 @@ fn summary(outbox: &Outbox) -> String {
 pub fn ready(outbox: &Outbox) {
     if enabled() {
         send(&[NotifyState::Ready, NotifyState::Status(&summary(outbox))]);
+    }
+}
+
+/// A reload began (`RELOADING=1`, with the monotonic time systemd wants).
+pub fn reloading() {
+    if enabled() {
+        let mut states = vec![
+            NotifyState::Reloading,
+            NotifyState::Status("reloading the configuration"),
+        ];
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => states.push(now),
+            Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock"),
+        }
+        send(&states);
+    }
+}
+
+/// The reload finished, applied or refused: running again.
+pub fn reloaded() {
+    if enabled() {
+        send(&[NotifyState::Ready, NotifyState::Status("running")]);
     }
 }
 

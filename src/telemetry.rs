@@ -39,6 +39,8 @@ pub mod names {
     pub const SINK_BATCH_EVENTS: &str = "outboxd_sink_batch_events";
     pub const COMMIT_BATCH_EVENTS: &str = "outboxd_outbox_commit_batch_events";
     pub const COMMIT_DURATION: &str = "outboxd_outbox_commit_duration_seconds";
+    pub const CONFIG_RELOADS: &str = "outboxd_config_reload_total";
+    pub const CONFIG_RELOAD_OK: &str = "outboxd_config_last_reload_successful";
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -182,6 +184,14 @@ fn describe() {
         COMMIT_DURATION,
         Unit::Seconds,
         "Duration of one group commit, fsync included."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Config reloads (SIGHUP, POST /v1/admin/reload), by result: applied, unchanged, invalid, restart_required, failed."
+    );
+    describe_gauge!(
+        CONFIG_RELOAD_OK,
+        "1 if the last config reload applied (or there was none), 0 if it was refused."
     );
 }
 

@@ -1,5 +1,6 @@
 //! systemd integration: the notify protocol under a fake `NOTIFY_SOCKET`
-//! (READY once listening, STATUS, WATCHDOG pings, STOPPING on SIGTERM), and
+//! (READY once listening, STATUS, WATCHDOG pings, RELOADING then READY
+//! around a reload, STOPPING on SIGTERM), and
 //! the shipped unit passes `systemd-analyze verify`.
 
 mod common;
@@ -85,6 +86,41 @@ async fn notify_says_ready_once_listening_pings_the_watchdog_and_says_stopping()
     assert!(status.success(), "{}", daemon.log());
     let after = receive_until(&socket, |m| count(m, "STOPPING=1") == 1);
     assert_eq!(count(&after, "READY=1"), 0);
+}
+
+#[tokio::test]
+async fn a_reload_says_reloading_with_the_clock_then_ready() {
+    let mut daemon = Daemon::prepare("");
+    let path = daemon.data_dir().with_file_name("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    daemon
+        .spawn_with_env(&[("NOTIFY_SOCKET", path.to_str().unwrap())])
+        .await;
+    let (socket, _) = tokio::task::spawn_blocking(move || {
+        let messages = receive_until(&socket, |m| count(m, "READY=1") == 1);
+        (socket, messages)
+    })
+    .await
+    .unwrap();
+    let (status, answer) = daemon.reload().await;
+    assert_eq!(status, 200, "{answer}");
+    let messages = receive_until(&socket, |m| count(m, "READY=1") == 1);
+    let reloading = messages
+        .iter()
+        .find(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("RELOADING=1 was sent: {messages:?}"));
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("systemd 253+ needs MONOTONIC_USEC with it: {reloading:?}"))
+        .parse()
+        .expect("microseconds");
+    assert!(usec > 0);
+    let ready = messages
+        .iter()
+        .position(|m| m.lines().any(|l| l == "READY=1"));
+    let began = messages.iter().position(|m| m.contains("RELOADING=1"));
+    assert!(ready > began, "READY=1 after RELOADING=1: {messages:?}");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use crate::clock::now_ms;
 use crate::telemetry::names;
 use serde::Serialize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,5 +135,37 @@ impl SinkStatus {
             s.cursor = s.cursor.max(cursor);
             s.batch = None;
         });
+    }
+
+    /// The sink was removed by a reload: its gauges drop to 0, so no alert
+    /// keeps firing on a sink that no longer runs (until the next start the
+    /// series stays exported).
+    pub fn retire(&self) {
+        for candidate in STATES {
+            metrics::gauge!(names::SINK_STATE, "sink" => self.name.clone(), "state" => candidate.as_str())
+                .set(0.0);
+        }
+        metrics::gauge!(names::SINK_LAG_EVENTS, "sink" => self.name.clone()).set(0.0);
+        metrics::gauge!(names::SINK_LAG_SECONDS, "sink" => self.name.clone()).set(0.0);
+    }
+}
+
+/// The running sinks' statuses, in config order, shared by the API, the
+/// metrics and the supervisor, which replaces the list on reload.
+#[derive(Clone, Default)]
+pub struct SinkRegistry(Arc<RwLock<Arc<Vec<Arc<SinkStatus>>>>>);
+
+impl SinkRegistry {
+    /// The sinks running now (a snapshot: a reload does not change it).
+    pub fn list(&self) -> Arc<Vec<Arc<SinkStatus>>> {
+        self.0.read().expect("registry lock").clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<SinkStatus>> {
+        self.list().iter().find(|s| s.name == name).cloned()
+    }
+
+    pub fn replace(&self, statuses: Vec<Arc<SinkStatus>>) {
+        *self.0.write().expect("registry lock") = Arc::new(statuses);
     }
 }

@@ -1,6 +1,7 @@
 //! The sinks' side of the API: `GET /v1/sinks` (state, cursor, lag, errors,
 //! dead letters), `GET /v1/dead-letters` (and `/{sink}/{seq}`, with the
-//! event), `POST /v1/dead-letters/replay` and `POST /v1/dead-letters/purge`.
+//! event), `POST /v1/dead-letters/replay` and `POST /v1/dead-letters/purge`,
+//! pause and resume, and `POST /v1/admin/reload`.
 
 use super::error::IngestError;
 use super::IngestState;
@@ -13,8 +14,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// The configured sinks' live status, shared by the API and the metrics.
-pub type SinkRegistry = Arc<Vec<Arc<SinkStatus>>>;
+pub use crate::delivery::status::SinkRegistry;
 
 #[derive(Serialize)]
 pub struct SinkReport {
@@ -53,7 +53,7 @@ pub async fn lag(outbox: &Outbox, cursor: i64) -> Result<(i64, f64), sqlx::Error
 pub async fn sinks(State(state): State<IngestState>) -> Result<Json<Vec<SinkReport>>, IngestError> {
     let outbox = &state.shared.outbox;
     let mut reports = Vec::new();
-    for status in state.shared.sinks.iter() {
+    for status in state.shared.sinks.list().iter() {
         // The count first, then the durable cursor, which moved in the same
         // transaction as any dead-lettering the count shows: the report never
         // shows dead letters with the cursor still before them.
@@ -181,19 +181,14 @@ impl Selection {
 }
 
 /// The status of the configured sink `name`, or 404.
-fn configured<'a>(state: &'a IngestState, name: &str) -> Result<&'a Arc<SinkStatus>, IngestError> {
-    state
-        .shared
-        .sinks
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| {
-            IngestError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_sink",
-                format!("no sink named `{name}` is configured"),
-            )
-        })
+fn configured(state: &IngestState, name: &str) -> Result<Arc<SinkStatus>, IngestError> {
+    state.shared.sinks.get(name).ok_or_else(|| {
+        IngestError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_sink",
+            format!("no sink named `{name}` is configured"),
+        )
+    })
 }
 
 async fn sink_op(state: &IngestState, op: SinkOp) -> Result<u64, IngestError> {
@@ -268,4 +263,37 @@ pub async fn pause_or_resume(
         paused,
         changed,
     }))
+}
+
+/// `POST /v1/admin/reload`: re-reads the config and applies it as SIGHUP
+/// does; answers with what changed, or why nothing did (the running
+/// configuration then stays).
+pub async fn reload(
+    State(state): State<IngestState>,
+) -> Result<Json<crate::reload::Applied>, IngestError> {
+    use crate::reload::{ReloadError, Request};
+    let stopping = || {
+        IngestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "outboxd is shutting down; nothing was reloaded",
+        )
+    };
+    let requests = state.shared.reloads.as_ref().ok_or_else(stopping)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    requests
+        .send(Request { reply: Some(reply) })
+        .await
+        .map_err(|_| stopping())?;
+    match answer.await.map_err(|_| stopping())? {
+        Ok(applied) => Ok(Json(applied)),
+        Err(e) => {
+            let (status, code) = match &e {
+                ReloadError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_invalid"),
+                ReloadError::RestartRequired(_) => (StatusCode::CONFLICT, "restart_required"),
+                ReloadError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reload_failed"),
+            };
+            Err(IngestError::new(status, code, e.to_string()))
+        }
+    }
 }

@@ -42,8 +42,10 @@ struct Shared {
     inflight: Semaphore,
     inflight_permits: u32,
     store: store::StorePolicy,
-    redactor: Option<crate::redact::Redactor>,
+    redaction: crate::redact::LiveRules,
     feed: feed::Feed,
+    /// Where `POST /v1/admin/reload` asks for a reload.
+    reloads: Option<crate::reload::Requests>,
 }
 
 /// Router state: shared parts plus what differs per listener.
@@ -74,6 +76,7 @@ impl IngestState {
         outbox: Outbox,
         sinks: admin::SinkRegistry,
         shutdown: Option<crate::shutdown::Shutdown>,
+        reloads: Option<crate::reload::Requests>,
     ) -> Self {
         let permits = (config.ingest.max_inflight_bytes.as_usize() / PERMIT_BYTES)
             .clamp(1, u32::MAX as usize >> 4) as u32;
@@ -91,13 +94,19 @@ impl IngestState {
                 inflight: Semaphore::new(permits as usize),
                 inflight_permits: permits,
                 store: store::StorePolicy::new(config.ingest.store, &config.ingest.ephemeral_types),
-                redactor: crate::redact::Redactor::new(&config.redaction)
+                redaction: crate::redact::LiveRules::new(&config.redaction)
                     .expect("redaction rules are checked with the config"),
                 feed: feed::Feed::new(config.feed.max_subscribers, config.feed.max_lag, shutdown),
+                reloads,
             }),
             token: None,
             admin: AdminAccess::Open,
         }
+    }
+
+    /// The redaction rules in force, for a reload to replace.
+    pub fn redaction(&self) -> crate::redact::LiveRules {
+        self.shared.redaction.clone()
     }
 
     /// The same state for the TCP listener: `Authorization: Bearer <token>`
@@ -125,6 +134,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/v1/dead-letters/replay", post(admin::replay))
         .route("/v1/dead-letters/purge", post(admin::purge))
         .route("/v1/dead-letters/{sink}/{seq}", get(admin::dead_letter))
+        .route("/v1/admin/reload", post(admin::reload))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
             IngestError::new(
@@ -186,9 +196,11 @@ async fn require_token(
 /// Requests that change what the daemon does, rather than feed or read it.
 fn is_admin_action(method: &axum::http::Method, path: &str) -> bool {
     method == axum::http::Method::POST
-        && (matches!(path, "/v1/dead-letters/replay" | "/v1/dead-letters/purge")
-            || (path.starts_with("/v1/sinks/")
-                && (path.ends_with("/pause") || path.ends_with("/resume"))))
+        && (matches!(
+            path,
+            "/v1/dead-letters/replay" | "/v1/dead-letters/purge" | "/v1/admin/reload"
+        ) || (path.starts_with("/v1/sinks/")
+            && (path.ends_with("/pause") || path.ends_with("/resume"))))
 }
 
 #[cfg(test)]
@@ -315,7 +327,7 @@ async fn ingest(
     }
     let mut events = parse_body(&decoded, format, &shared.limits, now_ms())?;
     drop(decoded);
-    if let Some(redactor) = &shared.redactor {
+    if let Some(redactor) = shared.redaction.current() {
         for event in &mut events {
             redactor.apply(event);
         }

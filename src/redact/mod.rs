@@ -21,6 +21,7 @@ use crate::event::Event;
 use crate::telemetry::names;
 use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, RwLock};
 
 /// `[redaction]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,6 +116,27 @@ struct PathRule {
     scope: Scope,
     /// The mask as a JSON string literal.
     mask: String,
+}
+
+/// The rules ingest applies now; a reload swaps them between requests
+/// (a request uses the rules it started with, start to end).
+#[derive(Clone, Default)]
+pub struct LiveRules(Arc<RwLock<Option<Arc<Redactor>>>>);
+
+impl LiveRules {
+    pub fn new(config: &RedactionConfig) -> Result<LiveRules, String> {
+        let rules = LiveRules::default();
+        rules.set(Redactor::new(config)?);
+        Ok(rules)
+    }
+
+    pub fn current(&self) -> Option<Arc<Redactor>> {
+        self.0.read().expect("rules lock").clone()
+    }
+
+    pub fn set(&self, rules: Option<Redactor>) {
+        *self.0.write().expect("rules lock") = rules.map(Arc::new);
+    }
 }
 
 /// The compiled rules.

@@ -316,6 +316,27 @@ impl Daemon {
         }
     }
 
+    /// Writes the config anew: the base (same ports and data dir) plus
+    /// `extra`, for a reload or a restart to pick up.
+    pub fn reconfigure(&self, extra: &str) {
+        write_config(self.dir.path(), self.http_port, self.metrics_port, extra);
+    }
+
+    /// `POST /v1/admin/reload` over the Unix socket: status and answer.
+    pub async fn reload(&self) -> (u16, serde_json::Value) {
+        let answer = self
+            .unix_client()
+            .request(
+                hyper::Method::POST,
+                Some("/v1/admin/reload"),
+                &[],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        (answer.status.as_u16(), answer.json())
+    }
+
     /// Rewrites the config file (for a restart with a fix).
     pub fn rewrite_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config_path).unwrap();
