@@ -103,6 +103,11 @@ pub struct IngestConfig {
     pub unix_socket_mode: String,
     /// Group of the Unix socket (name or gid); "" keeps the daemon's own.
     pub unix_socket_group: String,
+    /// When either list is set, only these users, members of these groups,
+    /// outboxd's own user and root may use the socket (names or ids,
+    /// checked with the peer's kernel credentials), whatever its mode.
+    pub unix_socket_allow_users: Vec<String>,
+    pub unix_socket_allow_groups: Vec<String>,
     pub max_body_bytes: ByteSize,
     pub max_events_per_request: usize,
     pub max_event_bytes: ByteSize,
@@ -165,6 +170,8 @@ impl Default for IngestConfig {
             unix_socket: "outboxd.sock".into(),
             unix_socket_mode: "0660".into(),
             unix_socket_group: String::new(),
+            unix_socket_allow_users: Vec::new(),
+            unix_socket_allow_groups: Vec::new(),
             max_body_bytes: ByteSize::mib(8),
             max_events_per_request: 10_000,
             max_event_bytes: ByteSize::mib(1),
@@ -305,6 +312,7 @@ impl Config {
         }
         self.unix_socket_mode()?;
         self.unix_socket_group()?;
+        self.unix_socket_allow()?;
         positive("ingest.max_body_bytes", ingest.max_body_bytes.0)?;
         positive(
             "ingest.max_events_per_request",
@@ -391,6 +399,33 @@ impl Config {
         crate::ingest::listen::group_id(group)
             .map(Some)
             .map_err(|e| error_at("ingest.unix_socket_group", e))
+    }
+
+    /// The Unix socket's peer allow-list, if either list is set.
+    pub fn unix_socket_allow(&self) -> Result<Option<crate::ingest::peer::PeerAllow>, ConfigError> {
+        use crate::ingest::listen::{group_id, user_id};
+        let ingest = &self.ingest;
+        if ingest.unix_socket_allow_users.is_empty() && ingest.unix_socket_allow_groups.is_empty() {
+            return Ok(None);
+        }
+        let resolve = |key: &str, names: &[String], lookup: fn(&str) -> Result<u32, String>| {
+            names
+                .iter()
+                .map(|name| lookup(name).map_err(|e| error_at(key, e)))
+                .collect::<Result<Vec<u32>, ConfigError>>()
+        };
+        Ok(Some(crate::ingest::peer::PeerAllow {
+            uids: resolve(
+                "ingest.unix_socket_allow_users",
+                &ingest.unix_socket_allow_users,
+                user_id,
+            )?,
+            gids: resolve(
+                "ingest.unix_socket_allow_groups",
+                &ingest.unix_socket_allow_groups,
+                group_id,
+            )?,
+        }))
     }
 
     /// What the outbox needs to know: its own table plus where it lives and

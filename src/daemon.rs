@@ -3,6 +3,7 @@
 //! (listeners, sinks, then the writer).
 
 use crate::config::Config;
+use crate::ingest::peer::CheckedUnixListener;
 use crate::ingest::{self, listen, IngestState};
 use crate::ops::{self, OpsState};
 use crate::outbox::integrity;
@@ -80,12 +81,16 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> 
     }
     if let Some(((listener, file), path)) = unix_listener {
         tracing::info!(path = %path.display(), "ingest listening (unix socket)");
-        servers.spawn(listen::serve(
-            listener,
-            ingest::router(ingest_state.clone()),
-            trigger.subscribe(),
-            limits,
-        ));
+        let router = ingest::router(ingest_state.clone());
+        match config.unix_socket_allow()? {
+            Some(allow) => servers.spawn(listen::serve(
+                CheckedUnixListener::new(listener, allow),
+                router,
+                trigger.subscribe(),
+                limits,
+            )),
+            None => servers.spawn(listen::serve(listener, router, trigger.subscribe(), limits)),
+        };
         socket_file = Some(file);
     }
     if let Some(listener) = tcp_listener {

@@ -22,19 +22,39 @@ pub async fn bind_tcp(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<
 
 /// The id of a group given by name or number (`ingest.unix_socket_group`).
 pub fn group_id(group: &str) -> Result<u32, String> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
+    lookup(group, "group", libc::getgrnam_r, |g: &libc::group| g.gr_gid)
+}
+
+/// The id of a user given by name or number (`ingest.unix_socket_allow_users`).
+pub fn user_id(user: &str) -> Result<u32, String> {
+    lookup(user, "user", libc::getpwnam_r, |p: &libc::passwd| p.pw_uid)
+}
+
+/// The `getgrnam_r` / `getpwnam_r` shape.
+type ByName<T> = unsafe extern "C" fn(
+    *const libc::c_char,
+    *mut T,
+    *mut libc::c_char,
+    libc::size_t,
+    *mut *mut T,
+) -> libc::c_int;
+
+/// A number as it is, or a name looked up in the host's user or group database.
+fn lookup<T>(name: &str, what: &str, by_name: ByName<T>, id: fn(&T) -> u32) -> Result<u32, String> {
+    if let Ok(number) = name.parse::<u32>() {
+        return Ok(number);
     }
-    let name =
-        std::ffi::CString::new(group).map_err(|_| format!("`{group}` is not a group name"))?;
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| format!("`{name}` is not a {what} name"))?;
     let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: all-zero is a valid `group`; getgrnam_r fills it, pointing
-    // into `buffer`, which outlives every read of it here.
-    let mut entry: libc::group = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: T is libc's plain C `group` or `passwd`, for which all-zero is
+    // valid; the lookup fills it, pointing into `buffer`, which outlives
+    // every read of it here.
+    let mut entry: T = unsafe { std::mem::zeroed() };
+    let mut found: *mut T = std::ptr::null_mut();
     let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
+        by_name(
+            c_name.as_ptr(),
             &mut entry,
             buffer.as_mut_ptr(),
             buffer.len(),
@@ -42,9 +62,9 @@ pub fn group_id(group: &str) -> Result<u32, String> {
         )
     };
     if rc != 0 || found.is_null() {
-        return Err(format!("no group named `{group}` on this host"));
+        return Err(format!("no {what} named `{name}` on this host"));
     }
-    Ok(entry.gr_gid)
+    Ok(id(&entry))
 }
 
 /// The Unix socket file; removed when dropped.
@@ -193,5 +213,14 @@ mod tests {
         assert!(group_id("no-such-group-here")
             .unwrap_err()
             .contains("no-such-group-here"));
+    }
+
+    #[test]
+    fn users_are_found_by_name_or_number() {
+        assert_eq!(user_id("root"), Ok(0));
+        assert_eq!(user_id("1234"), Ok(1234));
+        assert!(user_id("no-such-user-here")
+            .unwrap_err()
+            .contains("no-such-user-here"));
     }
 }

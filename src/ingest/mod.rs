@@ -9,6 +9,7 @@ pub mod decode;
 mod error;
 pub mod feed;
 pub mod listen;
+pub mod peer;
 pub mod store;
 
 use crate::clock::now_ms;
