@@ -337,7 +337,7 @@ async fn a_dead_http_receiver_does_not_hold_back_s3_or_ingest() {
 }
 
 #[tokio::test]
-async fn a_batch_over_8_mib_goes_up_as_a_multipart_upload() {
+async fn a_batch_over_8_mib_goes_up_as_one_object() {
     with_secret();
     let server = S3Server::start().await;
     // The batch closes on its count (1000 events, ~10 MiB), never on its age,
@@ -369,7 +369,7 @@ async fn a_batch_over_8_mib_goes_up_as_a_multipart_upload() {
         objects
             .iter()
             .any(|(_, bytes)| bytes.len() > 8 * 1024 * 1024),
-        "one object over the part size"
+        "one object over 8 MiB"
     );
     assert_eq!(objects.len(), 1, "the 1000 events went up as one batch");
     assert_eq!(ids_in(&all_lines(&server, "big")).len(), 1000);

@@ -162,3 +162,16 @@ impl<'de> serde::Deserialize<'de> for SinkKind {
             })
     }
 }
+
+/// An error and its causes on one line (reqwest's own message stops at the
+/// outermost one, "error sending request").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -174,7 +174,7 @@ impl HttpSink {
                 let e = e.without_url();
                 return Outcome::Retry {
                     after: None,
-                    reason: format!("POST {} {what}: {}", self.shown_url, error_chain(&e)),
+                    reason: format!("POST {} {what}: {}", self.shown_url, crate::sinks::error_chain(&e)),
                 };
             }
         };
@@ -235,17 +235,6 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
