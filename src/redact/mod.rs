@@ -239,12 +239,20 @@ impl Redactor {
     /// Rewrites `event.body` in place when a rule applies; counts each
     /// redaction by rule.
     pub fn apply(&self, event: &mut Event) {
-        let hits = self.set.matches(&json::decoded_view(&event.body));
-        let patterns: Vec<&PatternRule> = hits
-            .iter()
-            .map(|i| &self.patterns[i])
-            .filter(|p| p.scope.covers(&event.event_type))
-            .collect();
+        let view = json::decoded_view(&event.body);
+        // Most events hold no secret, and one forward scan says so; which
+        // rules matched (an overlapping scan, several times slower: 8% of
+        // ingest CPU when it ran on every event) only when one did.
+        let patterns: Vec<&PatternRule> = if self.set.is_match(&view) {
+            self.set
+                .matches(&view)
+                .iter()
+                .map(|i| &self.patterns[i])
+                .filter(|p| p.scope.covers(&event.event_type))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let paths: Vec<&PathRule> = self
             .paths
             .iter()
