@@ -3,7 +3,8 @@
 //!
 //! One writer task ([`writer`]) owns every write and allocates `seq`; the
 //! rest of the daemon talks to it through the [`Outbox`] handle. Reads go
-//! through a small pool of read-only connections.
+//! through small pools of read-only connections: bulk reads of events on
+//! plain synchronous ones ([`scan`]), the rest on sqlx's.
 
 mod checkpoint;
 pub mod integrity;
@@ -12,6 +13,7 @@ pub mod progress;
 mod read;
 pub mod reserve;
 pub mod retention;
+mod scan;
 pub mod sessions;
 mod settings;
 mod writer;
@@ -145,6 +147,7 @@ impl Stats {
 pub struct Outbox {
     commands: mpsc::Sender<Command>,
     readers: sqlx::SqlitePool,
+    scanner: Arc<scan::Scanner>,
     stats: Arc<Stats>,
     max_bytes: u64,
 }
@@ -241,6 +244,7 @@ impl Outbox {
     /// Closes the reader connections (all handles share them), so that the
     /// writer closes the database last and leaves no WAL behind.
     pub async fn close_readers(&self) {
+        self.scanner.close();
         self.readers.close().await;
     }
 

@@ -351,6 +351,7 @@ pub async fn open(config: &Settings) -> Result<Opened, OpenError> {
         outbox: Outbox {
             commands,
             readers,
+            scanner: Arc::new(super::scan::Scanner::new(&path)),
             stats,
             max_bytes,
         },

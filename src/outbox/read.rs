@@ -1,7 +1,9 @@
-//! Reads for the delivery loops and the status API, on the sqlx reader
-//! pool. None of them scans the backlog: every query walks an index from a
-//! known seq and stops at a limit.
+//! Reads for the delivery loops and the status API: bulk reads of events
+//! through [`super::scan`], the rest on the sqlx reader pool. None of them
+//! scans the backlog: every query walks an index from a known seq and stops
+//! at a limit.
 
+use super::scan::Param;
 use super::Outbox;
 use crate::event::{Fidelity, StoredEvent};
 use serde::Serialize;
@@ -49,26 +51,24 @@ impl Outbox {
         after: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, type, fidelity, session_id, received_ms, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.readers)
-        .await?;
-        Ok(rows.into_iter().map(stored).collect())
+        self.scanner
+            .events(
+                &self.stats,
+                "SELECT seq, type, fidelity, session_id, received_ms, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                vec![Param::Int(after), Param::Int(limit)],
+            )
+            .await
     }
 
     /// The events of `[first, last]` still in the outbox.
     pub async fn read_range(&self, first: i64, last: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, type, fidelity, session_id, received_ms, body FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
-        )
-        .bind(first)
-        .bind(last)
-        .fetch_all(&self.readers)
-        .await?;
-        Ok(rows.into_iter().map(stored).collect())
+        self.scanner
+            .events(
+                &self.stats,
+                "SELECT seq, type, fidelity, session_id, received_ms, body FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                vec![Param::Int(first), Param::Int(last)],
+            )
+            .await
     }
 
     pub async fn sink_cursor(&self, sink: &str) -> Result<Option<SinkCursor>, sqlx::Error> {

@@ -220,16 +220,19 @@ impl Outbox {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        let rows: Vec<super::read::Row> = sqlx::query_as(
-            "SELECT seq, type, fidelity, session_id, received_ms, body FROM events \
-             WHERE session_id = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
-        )
-        .bind(session_id)
-        .bind(from)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(&self.readers)
-        .await?;
-        Ok(rows.into_iter().map(super::read::stored).collect())
+        use super::scan::Param;
+        self.scanner
+            .events(
+                &self.stats,
+                "SELECT seq, type, fidelity, session_id, received_ms, body FROM events \
+                 WHERE session_id = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+                vec![
+                    Param::Text(session_id.to_string()),
+                    Param::Int(from),
+                    Param::Int(upto),
+                    Param::Int(limit),
+                ],
+            )
+            .await
     }
 }

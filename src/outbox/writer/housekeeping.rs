@@ -14,7 +14,7 @@ const FEED_WALK: i64 = 20_000;
 /// Dedup rows removed per pruning pass, so a pass never stalls commits for long.
 const PRUNE_CHUNK: i64 = 50_000;
 /// Delivered events deleted per pass, between groups of requests.
-const GC_CHUNK: i64 = 20_000;
+const GC_CHUNK: i64 = 4_000;
 /// ...and while ingest is stopped for lack of disk space.
 const GC_CHUNK_TIGHT: i64 = 1_000;
 

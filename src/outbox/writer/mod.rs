@@ -8,7 +8,8 @@
 //! The writer is a plain thread with a synchronous SQLite connection
 //! (rusqlite): a commit is a tight loop over prepared statements with no
 //! hop to another thread per statement, which measured 5-6x faster than the
-//! async driver on a loaded 2-core machine. Reads stay on sqlx.
+//! async driver on a loaded 2-core machine. Bulk reads of events do the
+//! same on their own connections (`super::scan`).
 
 mod append;
 mod disk;
