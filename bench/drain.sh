@@ -5,6 +5,7 @@
 #   2. start the server and time the drain, sampling outboxd's RSS
 #   3. live: ingest for 15 s with the server up, then wait for lag 0
 #   bench/drain.sh [backlog-events] [s3|http|nats]      (default 1000000 s3)
+# IN_FLIGHT=N sets the sink's batch.in_flight (default: the kind's own).
 backlog=${1:-1000000}
 kind=${2:-s3}
 source "$(dirname "$0")/common.sh"
@@ -21,6 +22,7 @@ create_bucket = true
 [sinks.lake.batch]
 max_bytes = "8MiB"
 max_age = "1s"
+${IN_FLIGHT:+in_flight = $IN_FLIGHT}
 [sinks.lake.retry]
 initial = "100ms"
 max = "1s"

@@ -609,6 +609,12 @@ mod tests {
         assert_eq!(sessions.idle_timeout, HumanDuration::secs(30 * 60));
         let lake = &config.sinks["lake"];
         assert_eq!(lake.batch.max_age, HumanDuration::secs(60));
+        assert_eq!(lake.batch.in_flight, 4);
+        assert_eq!(config.sinks["ingest"].batch.in_flight, 1);
+        assert_eq!(
+            config.sinks["conversations"].batch.in_flight, 1,
+            "a session-assembling S3 sink writes one object at a time"
+        );
         assert_eq!(config.sinks["ingest"].retry.max_attempts, Some(20));
         let printed = config.to_toml();
         assert!(!printed.contains("secret_key = \"s\""));
@@ -627,6 +633,9 @@ mod tests {
             ("[sinks.a]\nkind = \"file\"\ndir = \"x\"\ninclude_types = [\"[\"]\n", "glob"),
             ("[sinks.\"bad name\"]\nkind = \"file\"\ndir = \"x\"\n", "sink name"),
             ("[sinks.a]\nkind = \"file\"\ndir = \"x\"\n[sinks.a.retry]\nmax_attempts = 0\n", "retry.max_attempts"),
+            ("[sinks.a]\nkind = \"file\"\ndir = \"x\"\n[sinks.a.batch]\nin_flight = 0\n", "sinks.a.batch.in_flight: must be 1 to 16"),
+            ("[sinks.a]\nkind = \"file\"\ndir = \"x\"\n[sinks.a.batch]\nin_flight = 17\n", "sinks.a.batch.in_flight: must be 1 to 16"),
+            ("[sinks.a]\nkind = \"file\"\ndir = \"x\"\nformat = \"openai_sessions\"\n[sinks.a.batch]\nin_flight = 2\n", "writes one object at a time"),
         ];
         for (text, needle) in cases {
             let error = load_text(text, &[]).expect_err(text).to_string();

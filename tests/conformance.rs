@@ -336,7 +336,8 @@ async fn filters_select_by_type_and_fidelity(kind: Kind) {
 }
 
 /// kill -9 at moments spread over commits and deliveries, restart each
-/// time: every acknowledged event arrives, none twice.
+/// time, with three batches in flight at a time: every acknowledged event
+/// arrives, none twice.
 async fn kill9_loses_and_duplicates_nothing(kind: Kind) {
     let destination = Destination::start(kind).await;
     // The load is timed, so its last batch closes by age; only the final
@@ -344,7 +345,8 @@ async fn kill9_loses_and_duplicates_nothing(kind: Kind) {
     // that matters.
     let mut daemon = Daemon::start(&destination.sink_with_batch(
         "out",
-        "max_events = 300\nmax_age = \"100ms\"\n",
+        // Several batches in flight: kills land between their verdicts.
+        "max_events = 300\nmax_age = \"100ms\"\nin_flight = 3\n",
         "",
     ))
     .await;

@@ -2,6 +2,8 @@
 //! and an HTTP sink (a receiver that dedups on Idempotency-Key) while the
 //! load generator records every acknowledged id; the daemon is killed with
 //! SIGKILL at random moments (during commits, uploads and GC) and restarted.
+//! Both sinks keep several batches in flight (S3 by default, HTTP by
+//! `in_flight = 3`), so kills also land between their verdicts.
 //! At the end every acknowledged id is in the S3 objects exactly once and at
 //! the receiver exactly once per key, and no other id appears twice.
 //!
@@ -34,7 +36,7 @@ async fn kill9_at_random_moments_loses_and_duplicates_nothing_at_either_sink() {
          [sinks.s3.batch]\nmax_age = \"100ms\"\nmax_events = 400\n\
          [sinks.s3.retry]\ninitial = \"50ms\"\nmax = \"500ms\"\nhalted_probe = \"300ms\"\n\
          [sinks.http]\nkind = \"http\"\nurl = \"{}\"\n\
-         [sinks.http.batch]\nmax_age = \"50ms\"\nmax_events = 1000\n\
+         [sinks.http.batch]\nmax_age = \"50ms\"\nmax_events = 1000\nin_flight = 3\n\
          [sinks.http.retry]\ninitial = \"50ms\"\nmax = \"500ms\"\n",
         s3.endpoint(),
         receiver.url()

@@ -1,11 +1,12 @@
 //! The HTTP sink against a real HTTP server scripted per request: split on
 //! 413, Retry-After on 429, backoff over 5xx, halting on 401 until the
 //! config is fixed, isolating and dead-lettering a poison event, 409 as
-//! delivered, and a stable Idempotency-Key across retries and kill -9.
+//! delivered, a stable Idempotency-Key across retries and kill -9, and a
+//! window of batches in flight whose cursor waits for the oldest.
 
 mod common;
 
-use common::receiver::{Receiver, Reply};
+use common::receiver::{Gate, Receiver, Reply};
 use common::{ids, sample, Daemon};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -32,6 +33,51 @@ async fn refusing_requests_over(limit: usize) -> Receiver {
         }
     })
     .await
+}
+
+#[tokio::test]
+async fn batches_in_flight_go_out_together_and_the_cursor_waits_for_the_oldest() {
+    let gate = Gate::new();
+    let held = gate.clone();
+    // The first batch (seqs 1-10) is answered only when the test says so.
+    let receiver = Receiver::start(move |seen, _| {
+        if seen.seqs.first() == Some(&1) {
+            Reply::ok().held(&held)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let config = format!(
+        "[sinks.remote]\nkind = \"http\"\nurl = \"{}\"\n[sinks.remote.batch]\nmax_events = 10\nin_flight = 3\n",
+        receiver.url()
+    );
+    let daemon = Daemon::start(&config).await;
+    let sent = ids("window", 50);
+    daemon.post_ids(&sent, "window.test").await;
+    // Three batches at once while the oldest is held...
+    common::eventually("three batches in flight", || async {
+        receiver.seen().len() == 3
+    })
+    .await;
+    let firsts: BTreeSet<i64> = receiver.seen().iter().map(|s| s.seqs[0]).collect();
+    assert_eq!(firsts, BTreeSet::from([1, 11, 21]));
+    // ...and no fourth: the window is full until the oldest is concluded,
+    // and the cursor does not pass the batch that is not delivered yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.seen().len(), 3, "{:?}", receiver.seen());
+    let status = daemon.sink("remote").await;
+    assert_eq!(status["cursor"], 0, "{status}");
+    assert_eq!(status["batch"], serde_json::json!([1, 10]), "{status}");
+    gate.open();
+    assert!(receiver.wait_for(&set(&sent), WAIT).await);
+    daemon
+        .wait_sink("remote", WAIT, |s| s["cursor"] == 50)
+        .await;
+    let mut accepted = receiver.accepted_ids();
+    accepted.sort();
+    assert_eq!(accepted, sent, "every event exactly once");
+    assert_eq!(receiver.seen().len(), 5, "one request per batch");
 }
 
 #[tokio::test]
@@ -196,7 +242,13 @@ async fn a_poison_event_is_isolated_and_dead_lettered_alone() {
         }
     })
     .await;
-    let daemon = Daemon::start(&http_sink(&receiver.url(), "")).await;
+    // Batches of five, three at a time: the poison's batch splits while
+    // its neighbours are in flight.
+    let daemon = Daemon::start(&http_sink(&receiver.url(), "").replace(
+        "[sinks.remote.batch]\n",
+        "[sinks.remote.batch]\nmax_events = 5\nin_flight = 3\n",
+    ))
+    .await;
     let good_before = ids("good-a", 9);
     let good_after = ids("good-b", 6);
     let body: String = good_before

@@ -3,9 +3,13 @@
 //! read a batch after the cursor → fix its range durably → encode →
 //! deliver → classify → advance / back off / split / dead-letter.
 //!
-//! Sinks only know their protocol and return an [`Outcome`]; everything
-//! about cursors, retries and dead letters is here, once.
+//! Up to `batch.in_flight` batches are attempted at once, each on its own
+//! task ([`attempt`]); their verdicts are taken in seq order, so the cursor
+//! only ever moves past a contiguous run of finished ranges. Sinks only
+//! know their protocol and return an [`Outcome`]; everything about cursors,
+//! retries and dead letters is here, once.
 
+mod attempt;
 mod backoff;
 mod filter;
 mod sessions;
@@ -18,23 +22,15 @@ use crate::format::{encode, EncodedBatch, Encoder};
 use crate::outbox::{Outbox, SinkOp};
 use crate::shutdown::Shutdown;
 use crate::sinks::config::SinkConfig;
-use crate::sinks::{Outcome, Sink};
+use crate::sinks::Sink;
 use crate::telemetry::names;
+use attempt::{AttemptTask, Attempts, Verdict};
 use filter::Filter;
-use status::{SinkState, SinkStatus};
+use status::SinkStatus;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// What an attempt loop concluded for one batch.
-enum Verdict {
-    Delivered,
-    /// Give these events up: a metric label and the full reason.
-    Dead(&'static str, String),
-    /// Too large or rejected with more than one event: deliver in halves.
-    Split,
-    /// Shutting down; the range stays recorded and is sent again on start.
-    Stopped,
-}
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
 
 /// Rows read per query while gathering a batch.
 const READ_CHUNK: i64 = 1000;
@@ -63,16 +59,56 @@ struct Batch {
     selected: Vec<StoredEvent>,
 }
 
+/// A batch in the window: its fixed range and the task attempting it.
+struct InFlight {
+    first: i64,
+    last: i64,
+    /// The seqs it carries, to split or dead-letter it.
+    seqs: Vec<i64>,
+    /// None when nothing in the range is for this sink: it is skipped, in turn.
+    sending: Option<(Arc<EncodedBatch>, AttemptTask)>,
+    /// Whether concluding it makes room in the window for another batch.
+    holds_room: bool,
+}
+
+impl InFlight {
+    async fn verdict(&mut self) -> Verdict {
+        let Some((_, task)) = self.sending.as_mut() else {
+            return Verdict::Delivered;
+        };
+        match task.verdict().await {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                // A bug in a sink, not the batch's fault: stop here; the range
+                // stays recorded and goes out again on the next start.
+                tracing::error!(error = %e, first = self.first, "a delivery attempt failed unexpectedly; the sink stops");
+                Verdict::Stopped
+            }
+        }
+    }
+}
+
+/// What became of the oldest batch in flight.
+enum Concluded {
+    /// The cursor moved to here.
+    Advanced(i64),
+    /// Split: its halves, started, go before anything newer.
+    Split(InFlight, InFlight),
+    Stopped,
+}
+
+/// What the next new batch turned out to be.
+type Next = Option<Option<Batch>>;
+
 pub struct Delivery {
     name: String,
     config: SinkConfig,
     encoder: Box<dyn Encoder>,
-    sink: Sink,
     outbox: Outbox,
     status: Arc<SinkStatus>,
     filter: Filter,
     shutdown: Shutdown,
-    drain_timeout: Duration,
+    attempts: Attempts,
 }
 
 impl Delivery {
@@ -89,16 +125,22 @@ impl Delivery {
             name: name.to_string(),
             filter: Filter::new(&config),
             encoder: config.format.encoder(),
+            attempts: Attempts {
+                name: name.to_string(),
+                sink: Arc::new(sink),
+                status: status.clone(),
+                retry: config.retry.clone(),
+                shutdown: shutdown.clone(),
+                drain_timeout,
+            },
             config,
-            sink,
             outbox,
             status,
             shutdown,
-            drain_timeout,
         }
     }
 
-    pub async fn run(mut self) {
+    pub async fn run(self) {
         let Some(stored) = self.read(|| self.outbox.sink_cursor(&self.name)).await else {
             return;
         };
@@ -106,126 +148,259 @@ impl Delivery {
             tracing::error!(sink = %self.name, "sink has no cursor row; was it registered?");
             return;
         };
-        let mut cursor = stored.delivered_seq;
+        let cursor = stored.delivered_seq;
         self.status.advanced(cursor);
         if let Some(sessions) = self.config.sessions.clone() {
             return self.run_sessions(cursor, sessions).await;
         }
-        // Ranges fixed but not delivered yet: a batch in flight at the last
-        // stop first, later the halves of split batches. Last in, first out.
-        let mut fixed: Vec<(i64, i64)> = stored.batch.into_iter().collect();
-        if let Some((first, last)) = stored.batch {
-            tracing::info!(sink = %self.name, first, last, "resending the batch in flight at the last stop");
+        let Some(recorded) = self.read(|| self.outbox.recorded_batches(&self.name)).await else {
+            return;
+        };
+        if let (Some(first), Some(last)) = (recorded.first(), recorded.last()) {
+            tracing::info!(sink = %self.name, batches = recorded.len(), first = first.0, last = last.1, "resending the batches in flight at the last stop");
         }
-        loop {
-            if self.shutdown.is_shutdown() {
-                break;
-            }
-            if self.unless_paused().await.is_none() || self.redeliver_requeued().await.is_none() {
-                break;
-            }
-            // A range from `fixed` is sent as it is; only a new one may shrink to fit.
-            let is_new = fixed.is_empty();
-            let batch = match fixed.pop() {
-                Some((first, last)) => {
-                    let events = self.read(|| self.outbox.read_range(first, last)).await;
-                    let Some(events) = events else { break };
-                    let selected = events
-                        .into_iter()
-                        .filter(|e| self.filter.matches(e))
-                        .collect();
-                    Batch {
-                        first,
-                        last,
-                        selected,
-                    }
-                }
-                None => match self.next_batch(cursor).await {
-                    Some(Some(batch)) => batch,
-                    Some(None) => continue, // woken for requeued dead letters
-                    None => break,
-                },
-            };
-            // Paused while the batch was gathered: hold it (one batch) until resumed.
-            if self.unless_paused().await.is_none() {
-                break;
-            }
-            match self.send(batch, is_new, &mut fixed).await {
-                Some(Some(to)) => cursor = to,
-                Some(None) => {}
-                None => break,
-            }
-        }
+        let cursor = self.deliver_in_order(cursor, recorded.into()).await;
         tracing::info!(sink = %self.name, cursor, "sink stopped");
     }
 
-    /// Sends one fixed batch to its end. Some(Some(cursor)) when the cursor
-    /// moved, Some(None) when the batch was split, None when stopping.
-    async fn send(
-        &mut self,
-        mut batch: Batch,
-        is_new: bool,
-        fixed: &mut Vec<(i64, i64)>,
-    ) -> Option<Option<i64>> {
-        if batch.selected.is_empty() {
-            // Nothing here is for this sink: skip the range.
-            self.progress(SinkOp::Advance {
-                sink: self.name.clone(),
-                to: batch.last,
-            })
-            .await?;
-            self.status.advanced(batch.last);
-            return Some(Some(batch.last));
+    /// Two loops over one window of at most `batch.in_flight` batches: one
+    /// starts batches (ranges recorded before a stop first, as they were,
+    /// then new ones), the other takes their verdicts oldest first. Returns
+    /// the cursor when stopping.
+    async fn deliver_in_order(&self, cursor: i64, resend: VecDeque<(i64, i64)>) -> i64 {
+        let limit = self.config.batch.in_flight;
+        let window = Semaphore::new(limit);
+        let (started, in_order) = mpsc::channel(limit);
+        // New batches start after the last range taken so far.
+        let taken = resend.back().map_or(cursor, |range| range.1.max(cursor));
+        let conclude = self.conclude_in_order(cursor, &window, in_order);
+        tokio::pin!(conclude);
+        tokio::select! {
+            cursor = &mut conclude => return cursor,
+            () = self.start_in_order(resend, taken, &window, started) => {}
         }
-        let encoded = self.encode_fitting(&mut batch, is_new);
-        // From here on only the seqs are needed (to split or dead-letter):
-        // the bodies live on in `encoded`, not twice.
-        let seqs: Vec<i64> = batch.selected.iter().map(|e| e.seq).collect();
-        drop(std::mem::take(&mut batch.selected));
+        // Nothing more starts: the batches in flight finish (or are
+        // abandoned after the drain timeout) and their verdicts count.
+        conclude.await
+    }
+
+    /// Starts batches while the window has room, until stopping.
+    async fn start_in_order(
+        &self,
+        mut resend: VecDeque<(i64, i64)>,
+        mut taken: i64,
+        window: &Semaphore,
+        started: mpsc::Sender<InFlight>,
+    ) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let room = tokio::select! {
+                room = window.acquire() => room,
+                _ = shutdown.recv() => return,
+            };
+            // Given back when the batch is concluded.
+            room.expect("the window is never closed").forget();
+            if self.shutdown.is_shutdown() || self.unless_paused().await.is_none() {
+                return;
+            }
+            let batch = match resend.pop_front() {
+                Some(range) => self.start_recorded(range).await,
+                None => match self.next_new(taken).await {
+                    Some(Some(batch)) => {
+                        taken = batch.last;
+                        self.start_new(batch).await
+                    }
+                    Some(None) => {
+                        // Requeued dead letters came first; look again.
+                        window.add_permits(1);
+                        continue;
+                    }
+                    None => return,
+                },
+            };
+            let Some(batch) = batch else { return };
+            if started.send(batch).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Requeued dead letters first, then the next new batch after `taken`.
+    async fn next_new(&self, taken: i64) -> Next {
+        self.redeliver_requeued().await?;
+        let batch = self.next_batch(taken).await?;
+        // Paused while it was gathered: hold it (one batch) until resumed.
+        self.unless_paused().await?;
+        Some(batch)
+    }
+
+    /// Takes the verdicts of started batches in seq order and acts on each;
+    /// returns the cursor when the starting loop is done and every batch
+    /// is concluded, or at the first batch that stops.
+    async fn conclude_in_order(
+        &self,
+        mut cursor: i64,
+        window: &Semaphore,
+        mut in_order: mpsc::Receiver<InFlight>,
+    ) -> i64 {
+        // Halves of a split batch, before anything newer.
+        let mut halves: VecDeque<InFlight> = VecDeque::new();
+        loop {
+            let Some(mut batch) = (match halves.pop_front() {
+                Some(half) => Some(half),
+                None => in_order.recv().await,
+            }) else {
+                return cursor;
+            };
+            self.status.batch(Some((batch.first, batch.last)));
+            let verdict = batch.verdict().await;
+            let holds_room = batch.holds_room;
+            match self.conclude(batch, verdict).await {
+                Concluded::Advanced(to) => {
+                    cursor = to;
+                    if holds_room {
+                        window.add_permits(1);
+                    }
+                }
+                Concluded::Split(mut first, mut second) => {
+                    // The later half gives the room back.
+                    second.holds_room = holds_room;
+                    first.holds_room = false;
+                    halves.push_front(second);
+                    halves.push_front(first);
+                }
+                Concluded::Stopped => return cursor,
+            }
+        }
+    }
+
+    /// Acts on a batch's verdict: advances, dead-letters, or splits it and
+    /// starts the halves.
+    async fn conclude(&self, batch: InFlight, verdict: Verdict) -> Concluded {
+        let sink = self.name.clone();
+        match verdict {
+            Verdict::Delivered => {
+                if self
+                    .progress(SinkOp::Advance {
+                        sink,
+                        to: batch.last,
+                    })
+                    .await
+                    .is_none()
+                {
+                    return Concluded::Stopped;
+                }
+                // Counted before the status shows the cursor, so whoever
+                // sees the cursor also sees the counts.
+                if let Some((encoded, _)) = &batch.sending {
+                    self.count_delivered(encoded);
+                }
+                self.status.advanced(batch.last);
+                Concluded::Advanced(batch.last)
+            }
+            Verdict::Dead(kind, reason) => {
+                tracing::warn!(sink = %self.name, events = batch.seqs.len(), first = batch.first, last = batch.last, %reason, "dead-lettering");
+                let events = batch.seqs.len() as u64;
+                let op = SinkOp::DeadLetter {
+                    sink,
+                    seqs: batch.seqs,
+                    reason,
+                    to: batch.last,
+                };
+                if self.progress(op).await.is_none() {
+                    return Concluded::Stopped;
+                }
+                metrics::counter!(names::SINK_DEAD_LETTERED, "sink" => self.name.clone(), "reason" => kind)
+                    .increment(events);
+                self.status.advanced(batch.last);
+                Concluded::Advanced(batch.last)
+            }
+            Verdict::Split => {
+                let middle = batch.seqs.len() / 2;
+                let halves = [
+                    (batch.first, batch.seqs[middle - 1]),
+                    (batch.seqs[middle], batch.last),
+                ];
+                drop(batch.sending);
+                tracing::info!(sink = %self.name, first = batch.first, last = batch.last, "splitting the batch in two");
+                metrics::counter!(names::SINK_SPLITS, "sink" => self.name.clone()).increment(1);
+                let op = SinkOp::SplitBatch {
+                    sink,
+                    first: batch.first,
+                    halves,
+                };
+                if self.progress(op).await.is_none() || self.shutdown.is_shutdown() {
+                    return Concluded::Stopped;
+                }
+                let (Some(first), Some(second)) = (
+                    self.start_recorded(halves[0]).await,
+                    self.start_recorded(halves[1]).await,
+                ) else {
+                    return Concluded::Stopped;
+                };
+                Concluded::Split(first, second)
+            }
+            Verdict::Stopped => Concluded::Stopped,
+        }
+    }
+
+    /// Encodes a new batch, shrunk to fit, records its range and starts it.
+    async fn start_new(&self, mut batch: Batch) -> Option<InFlight> {
+        if batch.selected.is_empty() {
+            return Some(self.skip(batch.first, batch.last));
+        }
+        let encoded = self.encode_fitting(&mut batch, true);
         self.progress(SinkOp::RecordBatch {
             sink: self.name.clone(),
             first: batch.first,
             last: batch.last,
         })
         .await?;
-        self.status.batch(Some((batch.first, batch.last)));
-        match self.attempt(&encoded, seqs.len() > 1).await {
-            Verdict::Delivered => {
-                self.progress(SinkOp::Advance {
-                    sink: self.name.clone(),
-                    to: batch.last,
-                })
-                .await?;
-                // Counted before the status shows the cursor, so whoever
-                // sees the cursor also sees the counts.
-                self.count_delivered(&encoded);
-                self.status.advanced(batch.last);
-                Some(Some(batch.last))
-            }
-            Verdict::Dead(kind, reason) => {
-                tracing::warn!(sink = %self.name, events = seqs.len(), first = batch.first, last = batch.last, %reason, "dead-lettering");
-                self.progress(SinkOp::DeadLetter {
-                    sink: self.name.clone(),
-                    seqs: seqs.clone(),
-                    reason: reason.clone(),
-                    to: batch.last,
-                })
-                .await?;
-                metrics::counter!(names::SINK_DEAD_LETTERED, "sink" => self.name.clone(), "reason" => kind)
-                    .increment(seqs.len() as u64);
-                self.status.advanced(batch.last);
-                Some(Some(batch.last))
-            }
-            Verdict::Split => {
-                let middle = seqs.len() / 2;
-                let (left_last, right_first) = (seqs[middle - 1], seqs[middle]);
-                tracing::info!(sink = %self.name, first = batch.first, last = batch.last, "splitting the batch in two");
-                metrics::counter!(names::SINK_SPLITS, "sink" => self.name.clone()).increment(1);
-                fixed.push((right_first, batch.last));
-                fixed.push((batch.first, left_last));
-                Some(None)
-            }
-            Verdict::Stopped => None,
+        Some(self.launch(batch, encoded))
+    }
+
+    /// Starts a recorded range again, exactly as it was fixed.
+    async fn start_recorded(&self, (first, last): (i64, i64)) -> Option<InFlight> {
+        let events = self.read(|| self.outbox.read_range(first, last)).await?;
+        let selected: Vec<StoredEvent> = events
+            .into_iter()
+            .filter(|e| self.filter.matches(e))
+            .collect();
+        if selected.is_empty() {
+            return Some(self.skip(first, last));
+        }
+        let mut batch = Batch {
+            first,
+            last,
+            selected,
+        };
+        let encoded = self.encode_fitting(&mut batch, false);
+        Some(self.launch(batch, encoded))
+    }
+
+    fn skip(&self, first: i64, last: i64) -> InFlight {
+        InFlight {
+            first,
+            last,
+            seqs: Vec::new(),
+            sending: None,
+            holds_room: true,
+        }
+    }
+
+    fn launch(&self, batch: Batch, encoded: EncodedBatch) -> InFlight {
+        // From here on only the seqs are needed (to split or dead-letter):
+        // the bodies live on in `encoded`, not twice.
+        let seqs: Vec<i64> = batch.selected.iter().map(|e| e.seq).collect();
+        drop(batch.selected);
+        let encoded = Arc::new(encoded);
+        let task = AttemptTask::spawn(self.attempts.clone(), encoded.clone(), seqs.len() > 1);
+        InFlight {
+            first: batch.first,
+            last: batch.last,
+            seqs,
+            sending: Some((encoded, task)),
+            holds_room: true,
         }
     }
 
@@ -260,84 +435,14 @@ impl Delivery {
             .record(batch.events as f64);
     }
 
-    /// Attempts a batch until it is delivered, given up, split or stopped.
-    async fn attempt(&mut self, batch: &EncodedBatch, can_split: bool) -> Verdict {
-        let retry = self.config.retry.clone();
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let started = Instant::now();
-            let outcome = {
-                let deliver = self.sink.deliver(batch);
-                tokio::pin!(deliver);
-                tokio::select! {
-                    outcome = &mut deliver => outcome,
-                    _ = self.shutdown.recv() => match tokio::time::timeout(self.drain_timeout, &mut deliver).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => {
-                            tracing::warn!(sink = %self.name, first = batch.first_seq, last = batch.last_seq, "abandoning the attempt in flight; it is sent again on the next start");
-                            return Verdict::Stopped;
-                        }
-                    },
-                }
-            };
-            metrics::histogram!(names::SINK_DELIVERY_DURATION, "sink" => self.name.clone())
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!(names::SINK_ATTEMPTS, "sink" => self.name.clone(), "outcome" => outcome.label()).increment(1);
-            let wait = match outcome {
-                Outcome::Delivered => {
-                    self.status.succeeded();
-                    return Verdict::Delivered;
-                }
-                Outcome::TooLarge { reason } | Outcome::Rejected { reason } if can_split => {
-                    self.status.failed(&reason);
-                    return Verdict::Split;
-                }
-                Outcome::TooLarge { reason } => {
-                    self.status.failed(&reason);
-                    return Verdict::Dead("too_large", format!("too large: {reason}"));
-                }
-                Outcome::Rejected { reason } => {
-                    self.status.failed(&reason);
-                    return Verdict::Dead("rejected", format!("rejected: {reason}"));
-                }
-                Outcome::Retry { after, reason } => {
-                    self.status.failed(&reason);
-                    if retry.max_attempts.is_some_and(|max| attempts >= max) {
-                        return Verdict::Dead(
-                            "retries_exhausted",
-                            format!("retries exhausted: {attempts} attempts, last: {reason}"),
-                        );
-                    }
-                    tracing::warn!(sink = %self.name, attempt = attempts, %reason, "delivery failed; will retry");
-                    metrics::counter!(names::SINK_RETRIES, "sink" => self.name.clone())
-                        .increment(1);
-                    self.status.set_state(SinkState::Backoff);
-                    match after {
-                        Some(after) => after.min(retry.max.0),
-                        None => backoff::delay(attempts, retry.initial.0, retry.max.0),
-                    }
-                }
-                Outcome::Halted { reason } => {
-                    // Not the batch's fault: does not count towards max_attempts.
-                    attempts -= 1;
-                    self.status.failed(&reason);
-                    if self.status.snapshot().state != SinkState::Halted {
-                        tracing::error!(sink = %self.name, %reason, "sink halted; data is kept, probing every {}", retry.halted_probe);
-                    }
-                    self.status.set_state(SinkState::Halted);
-                    retry.halted_probe.0
-                }
-            };
-            if !self.sleep(wait).await || self.unless_paused().await.is_none() {
-                return Verdict::Stopped;
-            }
-        }
+    /// Attempts one batch here, not on a task of its own.
+    async fn attempt(&self, batch: &EncodedBatch, can_split: bool) -> Verdict {
+        self.attempts.run(batch, can_split).await
     }
 
     /// Delivers dead letters marked by `dlq replay`, one at a time, before
     /// new batches. None when stopping.
-    async fn redeliver_requeued(&mut self) -> Option<()> {
+    async fn redeliver_requeued(&self) -> Option<()> {
         loop {
             let event = self
                 .read(|| self.outbox.requeued_dead_letter(&self.name))
@@ -370,7 +475,7 @@ impl Delivery {
     /// The next batch after `cursor`, waiting for events and for a partial
     /// batch to fill or age (`batch.max_age`). None when stopping, Some(None)
     /// when dead letters were requeued meanwhile.
-    async fn next_batch(&mut self, cursor: i64) -> Option<Option<Batch>> {
+    async fn next_batch(&self, cursor: i64) -> Option<Option<Batch>> {
         let bounds = self.config.batch.clone();
         // The plain size of a batch is bounded before encoding; compressed
         // bodies are usually several times smaller, then checked exactly.
@@ -489,30 +594,8 @@ impl Delivery {
         }
     }
 
-    /// Waits while an operator has the sink paused; None on shutdown.
     async fn unless_paused(&self) -> Option<()> {
-        let mut paused = self.status.watch_paused();
-        if !*paused.borrow_and_update() {
-            return Some(());
-        }
-        let before = self.status.snapshot().state;
-        self.status.set_state(SinkState::Paused);
-        let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            resumed = paused.wait_for(|paused| !*paused) => { resumed.ok()?; }
-            _ = shutdown.recv() => return None,
-        }
-        self.status.set_state(before);
-        Some(())
-    }
-
-    /// Sleeps, or returns false on shutdown.
-    async fn sleep(&self, duration: Duration) -> bool {
-        let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(duration) => true,
-            _ = shutdown.recv() => false,
-        }
+        self.attempts.unless_paused().await
     }
 
     /// Stores progress through the writer, retrying until it is durable.

@@ -137,6 +137,7 @@ pub fn next_seq_after(db: &Path) -> i64 {
         "SELECT MAX(seq) FROM events",
         "SELECT MAX(seq) FROM dedup",
         "SELECT MAX(batch_last) FROM sink_cursors",
+        "SELECT MAX(last_seq) FROM sink_batches",
     ]
     .iter()
     .filter_map(|sql| read(sql))

@@ -12,9 +12,15 @@ use rusqlite::{params, Transaction};
 pub enum SinkOp {
     /// Makes sure these sinks have a cursor row (new ones start at 0).
     Register { sinks: Vec<String> },
-    /// Records the range of the batch about to be sent (before its first attempt).
+    /// Records the range of a batch about to be sent (before its first attempt).
     RecordBatch { sink: String, first: i64, last: i64 },
-    /// Everything up to `to` is delivered (or skipped); clears the batch.
+    /// The recorded batch starting at `first` is sent as two halves from now on.
+    SplitBatch {
+        sink: String,
+        first: i64,
+        halves: [(i64, i64); 2],
+    },
+    /// Everything up to `to` is delivered (or skipped); clears the batches up to it.
     Advance { sink: String, to: i64 },
     /// Copies `seqs` into the dead letters with `reason` and advances to `to`.
     DeadLetter {
@@ -50,6 +56,7 @@ impl SinkOp {
         match self {
             SinkOp::Register { .. } => None,
             SinkOp::RecordBatch { sink, .. }
+            | SinkOp::SplitBatch { sink, .. }
             | SinkOp::Advance { sink, .. }
             | SinkOp::DeadLetter { sink, .. }
             | SinkOp::Requeue { sink, .. }
@@ -101,11 +108,22 @@ pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64
             Ok((added, None))
         }
         SinkOp::RecordBatch { sink, first, last } => {
-            let n = tx.execute(
-                "UPDATE sink_cursors SET batch_first = ?2, batch_last = ?3, updated_ms = ?4 WHERE sink = ?1",
-                params![sink, first, last, now],
+            Ok((record_batch(tx, sink, *first, *last)?, None))
+        }
+        SinkOp::SplitBatch {
+            sink,
+            first,
+            halves,
+        } => {
+            tx.execute(
+                "DELETE FROM sink_batches WHERE sink = ?1 AND first_seq = ?2",
+                params![sink, first],
             )?;
-            Ok((n as u64, None))
+            let mut n = 0;
+            for (first, last) in halves {
+                n += record_batch(tx, sink, *first, *last)?;
+            }
+            Ok((n, None))
         }
         SinkOp::Advance { sink, to } => {
             let n = advance(tx, sink, *to, now)?;
@@ -173,13 +191,22 @@ pub(super) fn copy_to_dead_letters(
     Ok(n)
 }
 
+fn record_batch(tx: &Transaction, sink: &str, first: i64, last: i64) -> rusqlite::Result<u64> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO sink_batches (sink, first_seq, last_seq) VALUES (?1, ?2, ?3)",
+    )?;
+    Ok(insert.execute(params![sink, first, last])? as u64)
+}
+
 pub(super) fn advance(tx: &Transaction, sink: &str, to: i64, now: i64) -> rusqlite::Result<u64> {
     // MAX: a cursor never moves back, whatever arrives late.
-    let n = tx.execute(
-        "UPDATE sink_cursors SET delivered_seq = MAX(delivered_seq, ?2), batch_first = NULL, batch_last = NULL, updated_ms = ?3 \
-         WHERE sink = ?1",
-        params![sink, to, now],
-    )?;
+    let n = tx
+        .prepare_cached(
+            "UPDATE sink_cursors SET delivered_seq = MAX(delivered_seq, ?2), updated_ms = ?3 WHERE sink = ?1",
+        )?
+        .execute(params![sink, to, now])?;
+    tx.prepare_cached("DELETE FROM sink_batches WHERE sink = ?1 AND last_seq <= ?2")?
+        .execute(params![sink, to])?;
     Ok(n as u64)
 }
 

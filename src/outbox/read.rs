@@ -27,8 +27,6 @@ pub(super) fn stored(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkCursor {
     pub delivered_seq: i64,
-    /// The range of the batch in flight when the daemon stopped, if any.
-    pub batch: Option<(i64, i64)>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -72,16 +70,24 @@ impl Outbox {
     }
 
     pub async fn sink_cursor(&self, sink: &str) -> Result<Option<SinkCursor>, sqlx::Error> {
-        let row: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT delivered_seq, batch_first, batch_last FROM sink_cursors WHERE sink = ?",
+        let row: Option<i64> =
+            sqlx::query_scalar("SELECT delivered_seq FROM sink_cursors WHERE sink = ?")
+                .bind(sink)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(row.map(|delivered_seq| SinkCursor { delivered_seq }))
+    }
+
+    /// The fixed ranges of a sink's batches in flight when it last stopped,
+    /// oldest first (those past its cursor: the rest were delivered).
+    pub async fn recorded_batches(&self, sink: &str) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT b.first_seq, b.last_seq FROM sink_batches b JOIN sink_cursors c ON c.sink = b.sink \
+             WHERE b.sink = ? AND b.last_seq > c.delivered_seq ORDER BY b.first_seq",
         )
         .bind(sink)
-        .fetch_optional(&self.readers)
-        .await?;
-        Ok(row.map(|(delivered_seq, first, last)| SinkCursor {
-            delivered_seq,
-            batch: first.zip(last),
-        }))
+        .fetch_all(&self.readers)
+        .await
     }
 
     /// The oldest seq still in the outbox (None when it is empty).

@@ -20,7 +20,14 @@ pub struct BatchConfig {
     pub max_bytes: ByteSize,
     /// A partial batch is sent once its oldest event is this old.
     pub max_age: HumanDuration,
+    /// Batches delivered at once. Each holds its encoded body in memory
+    /// until delivered; the cursor still advances in seq order. With more
+    /// than one, a receiver may see batches out of order.
+    pub in_flight: usize,
 }
+
+/// The most batches one sink may have in flight.
+pub const MAX_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -99,6 +106,7 @@ struct BatchOverrides {
     max_events: Option<usize>,
     max_bytes: Option<ByteSize>,
     max_age: Option<HumanDuration>,
+    in_flight: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +156,15 @@ impl<'de> Deserialize<'de> for SinkConfig {
             max_events: raw.batch.max_events.unwrap_or(defaults.max_events),
             max_bytes: raw.batch.max_bytes.unwrap_or(defaults.max_bytes),
             max_age: raw.batch.max_age.unwrap_or(defaults.max_age),
+            // A session-assembling sink writes one object at a time.
+            in_flight: raw
+                .batch
+                .in_flight
+                .unwrap_or(if format.assembles_sessions() {
+                    1
+                } else {
+                    defaults.in_flight
+                }),
         };
         let sessions = if format.assembles_sessions() {
             Some(SessionsConfig {
@@ -215,6 +232,18 @@ impl SinkConfig {
         }
         if self.batch.max_bytes.0 < 1024 {
             return Err(format!("{}: must be at least 1KiB", key("batch.max_bytes")));
+        }
+        if !(1..=MAX_IN_FLIGHT).contains(&self.batch.in_flight) {
+            return Err(format!(
+                "{}: must be 1 to {MAX_IN_FLIGHT}",
+                key("batch.in_flight")
+            ));
+        }
+        if self.sessions.is_some() && self.batch.in_flight > 1 {
+            return Err(format!(
+                "{}: a session-assembling sink (format = \"openai_sessions\") writes one object at a time",
+                key("batch.in_flight")
+            ));
         }
         if self.retry.initial.0.is_zero() || self.retry.max < self.retry.initial {
             return Err(format!(

@@ -31,6 +31,26 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    /// Answered only once this gate opens (after `delay`).
+    pub gate: Option<Gate>,
+}
+
+/// Holds the answers given [`Reply::held`] until the test opens it.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
+    }
 }
 
 impl Reply {
@@ -39,6 +59,7 @@ impl Reply {
             status,
             headers: vec![],
             delay: Duration::ZERO,
+            gate: None,
         }
     }
     pub fn ok() -> Reply {
@@ -50,6 +71,10 @@ impl Reply {
     }
     pub fn after(mut self, delay: Duration) -> Reply {
         self.delay = delay;
+        self
+    }
+    pub fn held(mut self, gate: &Gate) -> Reply {
+        self.gate = Some(gate.clone());
         self
     }
     /// The connection closes without an answer, as after a reset.
@@ -157,6 +182,9 @@ impl Receiver {
                     reply
                 };
                 tokio::time::sleep(reply.delay).await;
+                if let Some(gate) = &reply.gate {
+                    gate.passed().await;
+                }
                 if reply.status == RESET {
                     // Unwinding out of the handler drops the connection without
                     // an answer (and, unlike panic!, prints nothing).

@@ -23,6 +23,7 @@ pub fn default_batch() -> BatchConfig {
         max_events: 10_000,
         max_bytes: ByteSize::mib(8),
         max_age: HumanDuration::secs(1),
+        in_flight: 1,
     }
 }
 

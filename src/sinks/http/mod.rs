@@ -24,6 +24,7 @@ pub fn default_batch() -> BatchConfig {
         max_events: 1000,
         max_bytes: ByteSize::mib(1),
         max_age: HumanDuration::secs(1),
+        in_flight: 1,
     }
 }
 

@@ -30,6 +30,7 @@ pub fn default_batch() -> BatchConfig {
         max_events: 1000,
         max_bytes: ByteSize::mib(4),
         max_age: HumanDuration::millis(200),
+        in_flight: 1,
     }
 }
 

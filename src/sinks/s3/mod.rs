@@ -30,6 +30,7 @@ pub fn default_batch() -> BatchConfig {
         max_events: 100_000,
         max_bytes: ByteSize::mib(8),
         max_age: HumanDuration::secs(60),
+        in_flight: 4,
     }
 }
 
