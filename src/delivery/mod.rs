@@ -16,9 +16,8 @@ mod sessions;
 pub mod status;
 
 use crate::clock::now_ms;
-use crate::event::StoredEvent;
 use crate::format::Compression;
-use crate::format::{encode, EncodedBatch, Encoder};
+use crate::format::{encode, BodyWriter, EncodedBatch, Encoder};
 use crate::outbox::{Outbox, SinkOp};
 use crate::shutdown::Shutdown;
 use crate::sinks::config::SinkConfig;
@@ -35,12 +34,12 @@ use tokio::sync::{mpsc, Semaphore};
 /// Rows read per query while gathering a batch.
 const READ_CHUNK: i64 = 1000;
 
-/// A batch being gathered: its range so far and the events this sink takes.
+/// A batch being gathered: its range so far and the body of the events
+/// this sink takes, written as they are read.
 struct Gathered {
     first: i64,
     last: i64,
-    selected: Vec<StoredEvent>,
-    bytes: usize,
+    body: BodyWriter,
     full: bool,
 }
 
@@ -51,12 +50,12 @@ enum Wake {
     Shutdown,
 }
 
-/// A batch whose range is fixed: `selected` are the events of
-/// `[first, last]` this sink receives (the rest are filtered out).
+/// A gathered batch: `body` holds the events of `[first, last]` this sink
+/// receives (the rest are filtered out).
 struct Batch {
     first: i64,
     last: i64,
-    selected: Vec<StoredEvent>,
+    body: BodyWriter,
 }
 
 /// A batch in the window: its fixed range and the task attempting it.
@@ -344,38 +343,51 @@ impl Delivery {
         }
     }
 
-    /// Encodes a new batch, shrunk to fit, records its range and starts it.
-    async fn start_new(&self, mut batch: Batch) -> Option<InFlight> {
-        if batch.selected.is_empty() {
+    /// Finishes a new batch's body, shrunk to fit `batch.max_bytes` (its
+    /// range then ends earlier), records the range and starts it.
+    async fn start_new(&self, batch: Batch) -> Option<InFlight> {
+        if batch.body.events() == 0 {
             return Some(self.skip(batch.first, batch.last));
         }
-        let encoded = self.encode_fitting(&mut batch, true);
+        let max = Some(self.config.batch.max_bytes.as_usize());
+        let (seqs, encoded) = self.finish(batch, max);
         self.progress(SinkOp::RecordBatch {
             sink: self.name.clone(),
-            first: batch.first,
-            last: batch.last,
+            first: encoded.first_seq,
+            last: encoded.last_seq,
         })
         .await?;
-        Some(self.launch(batch, encoded))
+        Some(self.launch(seqs, encoded))
     }
 
     /// Starts a recorded range again, exactly as it was fixed.
     async fn start_recorded(&self, (first, last): (i64, i64)) -> Option<InFlight> {
         let events = self.read(|| self.outbox.read_range(first, last)).await?;
-        let selected: Vec<StoredEvent> = events
-            .into_iter()
-            .filter(|e| self.filter.matches(e))
-            .collect();
-        if selected.is_empty() {
+        let mut body = BodyWriter::new(&*self.encoder);
+        for event in events.iter().filter(|e| self.filter.matches(e)) {
+            body.push(&*self.encoder, event);
+        }
+        drop(events);
+        if body.events() == 0 {
             return Some(self.skip(first, last));
         }
-        let mut batch = Batch {
-            first,
-            last,
-            selected,
-        };
-        let encoded = self.encode_fitting(&mut batch, false);
-        Some(self.launch(batch, encoded))
+        let (seqs, encoded) = self.finish(Batch { first, last, body }, None);
+        Some(self.launch(seqs, encoded))
+    }
+
+    /// The batch's body as sent, and the seqs it carries (only those are
+    /// needed from here on, to split or dead-letter it).
+    fn finish(&self, batch: Batch, max_bytes: Option<usize>) -> (Vec<i64>, EncodedBatch) {
+        let mut seqs = batch.body.seqs();
+        let encoded = batch.body.finish(
+            &*self.encoder,
+            (batch.first, batch.last),
+            self.config.compression,
+            max_bytes,
+        );
+        // A shrunk body keeps its oldest events.
+        seqs.truncate(encoded.events);
+        (seqs, encoded)
     }
 
     fn skip(&self, first: i64, last: i64) -> InFlight {
@@ -388,40 +400,15 @@ impl Delivery {
         }
     }
 
-    fn launch(&self, batch: Batch, encoded: EncodedBatch) -> InFlight {
-        // From here on only the seqs are needed (to split or dead-letter):
-        // the bodies live on in `encoded`, not twice.
-        let seqs: Vec<i64> = batch.selected.iter().map(|e| e.seq).collect();
-        drop(batch.selected);
+    fn launch(&self, seqs: Vec<i64>, encoded: EncodedBatch) -> InFlight {
         let encoded = Arc::new(encoded);
         let task = AttemptTask::spawn(self.attempts.clone(), encoded.clone(), seqs.len() > 1);
         InFlight {
-            first: batch.first,
-            last: batch.last,
+            first: encoded.first_seq,
+            last: encoded.last_seq,
             seqs,
             sending: Some((encoded, task)),
             holds_room: true,
-        }
-    }
-
-    /// Encodes a batch; a new batch (range not yet recorded) is shrunk until
-    /// its encoded body fits `batch.max_bytes`. A recorded range never changes.
-    fn encode_fitting(&self, batch: &mut Batch, may_shrink: bool) -> EncodedBatch {
-        let max = self.config.batch.max_bytes.as_usize();
-        loop {
-            let encoded = encode(
-                &batch.selected,
-                batch.first,
-                batch.last,
-                &*self.encoder,
-                self.config.compression,
-            );
-            if !may_shrink || encoded.body.len() <= max || batch.selected.len() == 1 {
-                return encoded;
-            }
-            let keep = batch.selected.len() / 2;
-            batch.selected.truncate(keep);
-            batch.last = batch.selected[keep - 1].seq;
         }
     }
 
@@ -490,8 +477,7 @@ impl Delivery {
             let Some(Gathered {
                 first,
                 last,
-                selected,
-                bytes,
+                body,
                 full,
             }) = gathered
             else {
@@ -504,20 +490,16 @@ impl Delivery {
                     Wake::Shutdown => return None,
                 }
             };
-            let oldest = selected.first().map(|e| e.received_ms);
+            let oldest = body.first_received_ms();
             let due = oldest.is_none_or(|ms| now_ms() - ms >= bounds.max_age.0.as_millis() as i64);
             if full || due || self.shutdown.is_shutdown() {
-                return Some(Some(Batch {
-                    first,
-                    last,
-                    selected,
-                }));
+                return Some(Some(Batch { first, last, body }));
             }
             // Partial and young: wait until it could be full, or is old enough.
-            let average = (bytes / selected.len()).max(1);
+            let average = (body.plain_len() / body.events()).max(1);
             let could_fill = cursor + (plain_limit / average).clamp(1, bounds.max_events) as i64;
             let deadline = oldest.map(|ms| ms + bounds.max_age.0.as_millis() as i64);
-            drop(selected);
+            drop(body);
             match self
                 .wait_for_events(&mut last_seq, &mut requeues, could_fill, deadline)
                 .await
@@ -550,24 +532,29 @@ impl Delivery {
                 let batch = gathered.get_or_insert_with(|| Gathered {
                     first: event.seq,
                     last: event.seq,
-                    selected: Vec::new(),
-                    bytes: 0,
+                    body: BodyWriter::new(&*self.encoder),
                     full: false,
                 });
-                if batch.selected.len() >= max_events || batch.bytes >= plain_limit {
+                if batch.body.events() >= max_events {
                     batch.full = true;
                     return Some(gathered);
                 }
+                if self.filter.matches(&event) {
+                    batch.body.push(&*self.encoder, &event);
+                    // The event that would pass the size starts the next batch.
+                    if batch.body.plain_len() > plain_limit && batch.body.events() > 1 {
+                        batch.body.truncate(batch.body.events() - 1);
+                        batch.full = true;
+                        return Some(gathered);
+                    }
+                }
                 batch.last = event.seq;
                 after = event.seq;
-                if self.filter.matches(&event) {
-                    batch.bytes += event.body.len() + 24;
-                    batch.selected.push(event);
-                }
             }
             if caught_up {
                 if let Some(batch) = gathered.as_mut() {
-                    batch.full = batch.selected.len() >= max_events || batch.bytes >= plain_limit;
+                    batch.full =
+                        batch.body.events() >= max_events || batch.body.plain_len() >= plain_limit;
                 }
                 return Some(gathered);
             }

@@ -1,18 +1,16 @@
 //! outboxd's own formats: each stored event as it is stored, with its `seq`
 //! as the first field, one per line (`ndjson`) or in one array (`json_array`).
 
-use super::Encoder;
+use super::{Encoder, Framing};
 use crate::event::StoredEvent;
 
 pub struct Ndjson;
 pub struct JsonArray;
 
 impl Encoder for Ndjson {
-    fn write(&self, events: &[StoredEvent], out: &mut Vec<u8>) {
-        for event in events {
-            push_with_seq(out, event.seq, &event.body);
-            out.push(b'\n');
-        }
+    fn write_event(&self, event: &StoredEvent, out: &mut Vec<u8>) {
+        push_with_seq(out, event.seq, &event.body);
+        out.push(b'\n');
     }
 }
 
@@ -25,15 +23,16 @@ impl Encoder for JsonArray {
         ".json"
     }
 
-    fn write(&self, events: &[StoredEvent], out: &mut Vec<u8>) {
-        out.push(b'[');
-        for (i, event) in events.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            push_with_seq(out, event.seq, &event.body);
+    fn framing(&self) -> Framing {
+        Framing {
+            open: b"[",
+            separator: b",",
+            close: b"]",
         }
-        out.push(b']');
+    }
+
+    fn write_event(&self, event: &StoredEvent, out: &mut Vec<u8>) {
+        push_with_seq(out, event.seq, &event.body);
     }
 }
 

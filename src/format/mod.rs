@@ -46,8 +46,147 @@ pub trait Encoder: Send + Sync {
     fn extension(&self) -> &'static str {
         ".jsonl"
     }
+    /// What goes before the first record, between two and after the last.
+    fn framing(&self) -> Framing {
+        Framing::LINES
+    }
+    /// Appends the record of one event (already filtered).
+    fn write_event(&self, event: &StoredEvent, out: &mut Vec<u8>);
     /// Appends the body for `events` (already filtered, in seq order).
-    fn write(&self, events: &[StoredEvent], out: &mut Vec<u8>);
+    fn write(&self, events: &[StoredEvent], out: &mut Vec<u8>) {
+        let mut body = BodyWriter::new(self);
+        for event in events {
+            body.push(self, event);
+        }
+        out.extend_from_slice(&body.plain);
+        out.extend_from_slice(self.framing().close);
+    }
+}
+
+/// The bytes around and between a body's records.
+#[derive(Debug, Clone, Copy)]
+pub struct Framing {
+    pub open: &'static [u8],
+    pub separator: &'static [u8],
+    pub close: &'static [u8],
+}
+
+impl Framing {
+    /// Each record ends its own line.
+    pub const LINES: Framing = Framing {
+        open: b"",
+        separator: b"",
+        close: b"",
+    };
+}
+
+/// A body written event by event while a batch is gathered, so a batch is
+/// held once, as bytes, never also as rows. It can give up its newest
+/// events to fit a size (it knows where each record ends) and is
+/// compressed once, at the end.
+#[derive(Debug, Default)]
+pub struct BodyWriter {
+    /// Opening bytes and the records so far; the closing bytes come at the end.
+    plain: Vec<u8>,
+    /// Where each event's record ends in `plain`, and its seq.
+    ends: Vec<(usize, i64)>,
+    first_received_ms: Option<i64>,
+    close: &'static [u8],
+}
+
+impl BodyWriter {
+    pub fn new(encoder: &(impl Encoder + ?Sized)) -> BodyWriter {
+        let framing = encoder.framing();
+        BodyWriter {
+            plain: framing.open.to_vec(),
+            ends: Vec::new(),
+            first_received_ms: None,
+            close: framing.close,
+        }
+    }
+
+    pub fn push(&mut self, encoder: &(impl Encoder + ?Sized), event: &StoredEvent) {
+        if !self.ends.is_empty() {
+            self.plain.extend_from_slice(encoder.framing().separator);
+        }
+        encoder.write_event(event, &mut self.plain);
+        self.ends.push((self.plain.len(), event.seq));
+        self.first_received_ms.get_or_insert(event.received_ms);
+    }
+
+    pub fn events(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Uncompressed size of the body as it stands.
+    pub fn plain_len(&self) -> usize {
+        self.plain.len() + self.close.len()
+    }
+
+    /// Receive time of the first event.
+    pub fn first_received_ms(&self) -> Option<i64> {
+        self.first_received_ms
+    }
+
+    /// The seqs of the events in the body.
+    pub fn seqs(&self) -> Vec<i64> {
+        self.ends.iter().map(|&(_, seq)| seq).collect()
+    }
+
+    /// Keeps the first `keep` events (at least one), dropping the newer ones.
+    pub fn truncate(&mut self, keep: usize) {
+        let keep = keep.max(1);
+        if keep < self.ends.len() {
+            self.plain.truncate(self.ends[keep - 1].0);
+            self.ends.truncate(keep);
+        }
+    }
+
+    /// Finishes the body of the range `[first_seq, last_seq]`. With a
+    /// `max_bytes`, a body over it gives up its newest half of events until
+    /// it fits or holds one event, and the range then ends at the last
+    /// event kept.
+    pub fn finish(
+        mut self,
+        encoder: &(impl Encoder + ?Sized),
+        (first_seq, mut last_seq): (i64, i64),
+        compression: Compression,
+        max_bytes: Option<usize>,
+    ) -> EncodedBatch {
+        loop {
+            let over = |len: usize| max_bytes.is_some_and(|max| len > max) && self.ends.len() > 1;
+            let body = match compression {
+                Compression::None if over(self.plain_len()) => None,
+                Compression::None => {
+                    self.plain.extend_from_slice(self.close);
+                    Some(std::mem::take(&mut self.plain))
+                }
+                _ => {
+                    let open = self.plain.len();
+                    self.plain.extend_from_slice(self.close);
+                    let body = compress::compress_slice(&self.plain, compression);
+                    self.plain.truncate(open);
+                    (!over(body.len())).then_some(body)
+                }
+            };
+            let Some(body) = body else {
+                self.truncate(self.ends.len() / 2);
+                last_seq = self.ends[self.ends.len() - 1].1;
+                continue;
+            };
+            let (content_encoding, suffix) = compress::naming(compression);
+            return EncodedBatch {
+                first_seq,
+                last_seq,
+                first_received_ms: self.first_received_ms.unwrap_or(0),
+                events: self.ends.len(),
+                body: Bytes::from(body),
+                content_type: encoder.content_type(),
+                content_encoding,
+                extension: format!("{}{suffix}", encoder.extension()),
+            };
+        }
+    }
 }
 
 impl BodyFormat {
@@ -191,6 +330,71 @@ mod tests {
         let parsed: Vec<serde_json::Value> = serde_json::from_slice(&array.body).unwrap();
         assert_eq!(parsed[1]["seq"], 9);
         assert_eq!(array.extension, ".json");
+    }
+
+    #[test]
+    fn a_body_written_event_by_event_shrinks_to_fit_and_stays_valid() {
+        let events: Vec<_> = (1..=10)
+            .map(|i| stored(i, r#"{"id":"x","type":"t","data":"0123456789"}"#))
+            .collect();
+        for format in [
+            BodyFormat::Ndjson,
+            BodyFormat::JsonArray,
+            BodyFormat::OpenaiChat,
+        ] {
+            let encoder = format.encoder();
+            let whole = encode(&events, 1, 12, &*encoder, Compression::None);
+            let mut body = BodyWriter::new(&*encoder);
+            for event in &events {
+                body.push(&*encoder, event);
+            }
+            assert_eq!(body.plain_len(), whole.body.len(), "{format:?}");
+            assert_eq!(body.seqs(), (1..=10).collect::<Vec<_>>());
+            // Under half the size: halved until it fits (10 -> 5 -> 2
+            // events), and the range ends at the last event kept.
+            let max = whole.body.len() / 2 - 1;
+            let fitted = body.finish(&*encoder, (1, 12), Compression::None, Some(max));
+            assert!(fitted.body.len() <= max, "{format:?}");
+            assert_eq!(
+                (fitted.events, fitted.first_seq, fitted.last_seq),
+                (2, 1, 2)
+            );
+            assert_eq!(
+                fitted.body,
+                encode(&events[..2], 1, 2, &*encoder, Compression::None).body,
+                "{format:?}: the same bytes as encoding the kept events"
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_body_shrinks_by_its_compressed_size() {
+        let events: Vec<_> = (1..=64)
+            .map(|i| {
+                stored(
+                    i,
+                    &format!(r#"{{"id":"e{i}","type":"t","n":{}}}"#, i * 7919),
+                )
+            })
+            .collect();
+        let encoder = BodyFormat::JsonArray.encoder();
+        let mut body = BodyWriter::new(&*encoder);
+        for event in &events {
+            body.push(&*encoder, event);
+        }
+        let whole = encode(&events, 1, 64, &*encoder, Compression::Zstd);
+        let fitted = body.finish(
+            &*encoder,
+            (1, 64),
+            Compression::Zstd,
+            Some(whole.body.len() - 1),
+        );
+        assert_eq!((fitted.events, fitted.last_seq), (32, 32));
+        assert_eq!(fitted.extension, ".json.zst");
+        let plain = zstd::decode_all(&fitted.body[..]).unwrap();
+        let parsed: Vec<serde_json::Value> = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(parsed.len(), 32);
+        assert_eq!(parsed[31]["seq"], 32);
     }
 
     #[test]

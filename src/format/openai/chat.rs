@@ -9,10 +9,8 @@ use crate::format::Encoder;
 pub struct OpenAiChat;
 
 impl Encoder for OpenAiChat {
-    fn write(&self, events: &[StoredEvent], out: &mut Vec<u8>) {
-        for event in events {
-            serde_json::to_writer(&mut *out, &map_event(event)).expect("writing to memory");
-            out.push(b'\n');
-        }
+    fn write_event(&self, event: &StoredEvent, out: &mut Vec<u8>) {
+        serde_json::to_writer(&mut *out, &map_event(event)).expect("writing to memory");
+        out.push(b'\n');
     }
 }

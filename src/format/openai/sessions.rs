@@ -447,6 +447,12 @@ pub fn part_len(events: &[StoredEvent], max_bytes: usize) -> usize {
 pub struct OpenAiSessions;
 
 impl Encoder for OpenAiSessions {
+    /// One event alone is a session of one event (a requeued dead letter).
+    fn write_event(&self, event: &StoredEvent, out: &mut Vec<u8>) {
+        self.write(std::slice::from_ref(event), out);
+    }
+
+    /// A batch is grouped into one line per session.
     fn write(&self, events: &[StoredEvent], out: &mut Vec<u8>) {
         let mut sessions: Vec<Option<&str>> = Vec::new();
         for event in events {
