@@ -511,9 +511,10 @@ impl Delivery {
         }
     }
 
-    /// Reads the events after `cursor` in chunks, keeping those this sink
+    /// Reads the events after `cursor` in chunks, encoding those this sink
     /// takes, until `max_events` or `plain_limit` bytes are reached or the
-    /// outbox has no more. Memory holds one batch, whatever the backlog.
+    /// outbox has no more. Memory holds one body and one chunk of rows,
+    /// whatever the backlog.
     /// Some(None) when there is nothing after `cursor`; None on shutdown.
     async fn gather(
         &self,
