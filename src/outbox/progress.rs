@@ -210,18 +210,34 @@ pub(super) fn advance(tx: &Transaction, sink: &str, to: i64, now: i64) -> rusqli
     Ok(n as u64)
 }
 
-/// Deletes up to `limit` events with seq <= `upto`; returns (events, bytes) freed.
-pub fn delete_upto(tx: &Transaction, upto: i64, limit: i64) -> rusqlite::Result<(i64, i64)> {
-    let mut delete = tx.prepare_cached(
-        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ?1 ORDER BY seq LIMIT ?2) RETURNING length(body)",
-    )?;
-    let mut rows = delete.query(params![upto, limit])?;
-    let (mut events, mut bytes) = (0i64, 0i64);
-    while let Some(row) = rows.next()? {
-        events += 1;
-        bytes += row.get::<_, i64>(0)? + ROW_OVERHEAD_BYTES as i64;
-    }
-    Ok((events, bytes))
+/// Deletes the events in the next `limit` seqs up to `upto`; returns
+/// (events, bytes) freed and whether everything up to `upto` is gone.
+///
+/// A plain range delete, with the bytes counted by a read before it: the
+/// earlier `DELETE ... WHERE seq IN (SELECT ... LIMIT) RETURNING` made
+/// SQLite keep a statement journal, a copy of every page the delete
+/// rebalanced, written to a temp file (a fifth of the writer's time while
+/// draining to S3).
+pub fn delete_upto(tx: &Transaction, upto: i64, limit: i64) -> rusqlite::Result<(i64, i64, bool)> {
+    let first: Option<i64> = tx
+        .prepare_cached("SELECT MIN(seq) FROM events")?
+        .query_row([], |row| row.get(0))?;
+    let Some(first) = first.filter(|first| *first <= upto) else {
+        return Ok((0, 0, true));
+    };
+    let last = upto.min(first.saturating_add(limit - 1));
+    let (events, bytes): (i64, i64) = tx
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM events WHERE seq BETWEEN ?1 AND ?2",
+        )?
+        .query_row(params![first, last], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    tx.prepare_cached("DELETE FROM events WHERE seq BETWEEN ?1 AND ?2")?
+        .execute(params![first, last])?;
+    Ok((
+        events,
+        bytes + events * ROW_OVERHEAD_BYTES as i64,
+        last == upto,
+    ))
 }
 
 /// Cursors of the given sinks, as stored.

@@ -80,19 +80,19 @@ impl Writer {
         };
         let result = self.housekeeping(|connection| {
             let tx = connection.transaction()?;
-            let (events, bytes) = progress::delete_upto(&tx, upto, chunk)?;
+            let (events, bytes, done) = progress::delete_upto(&tx, upto, chunk)?;
             tx.execute(
                 "UPDATE outbox_state SET event_count = event_count - ?1, byte_count = byte_count - ?2 WHERE singleton = 0",
                 params![events, bytes],
             )?;
             tx.commit()?;
-            Ok((events, bytes))
+            Ok((events, bytes, done))
         });
         match result {
-            Ok((events, bytes)) => {
+            Ok((events, bytes, done)) => {
                 self.events -= events;
                 self.bytes -= bytes;
-                if events < chunk {
+                if done {
                     self.collected_upto = upto;
                 }
                 if events > 0 {
