@@ -35,6 +35,7 @@ pub mod names {
     pub const SINK_LAG_EVENTS: &str = "outboxd_sink_lag_events";
     pub const SINK_LAG_SECONDS: &str = "outboxd_sink_lag_seconds";
     pub const SINK_STATE: &str = "outboxd_sink_state";
+    pub const SINK_IN_FLIGHT: &str = "outboxd_sink_batches_in_flight";
     pub const SINK_DELIVERY_DURATION: &str = "outboxd_sink_delivery_duration_seconds";
     pub const SINK_BATCH_EVENTS: &str = "outboxd_sink_batch_events";
     pub const COMMIT_BATCH_EVENTS: &str = "outboxd_outbox_commit_batch_events";
@@ -173,6 +174,10 @@ fn describe() {
     describe_gauge!(
         SINK_STATE,
         "1 for the sink's current state (running, backoff, halted), 0 otherwise."
+    );
+    describe_gauge!(
+        SINK_IN_FLIGHT,
+        "Batches started and not yet concluded, per sink (at most batch.in_flight, one more while a split's halves go)."
     );
     describe_histogram!(
         SINK_DELIVERY_DURATION,

@@ -69,6 +69,9 @@ async fn batches_in_flight_go_out_together_and_the_cursor_waits_for_the_oldest()
     let status = daemon.sink("remote").await;
     assert_eq!(status["cursor"], 0, "{status}");
     assert_eq!(status["batch"], serde_json::json!([1, 10]), "{status}");
+    daemon
+        .wait_samples(&[("outboxd_sink_batches_in_flight{sink=\"remote\"}", 3.0)])
+        .await;
     gate.open();
     assert!(receiver.wait_for(&set(&sent), WAIT).await);
     daemon
@@ -78,6 +81,9 @@ async fn batches_in_flight_go_out_together_and_the_cursor_waits_for_the_oldest()
     accepted.sort();
     assert_eq!(accepted, sent, "every event exactly once");
     assert_eq!(receiver.seen().len(), 5, "one request per batch");
+    daemon
+        .wait_samples(&[("outboxd_sink_batches_in_flight{sink=\"remote\"}", 0.0)])
+        .await;
 }
 
 #[tokio::test]

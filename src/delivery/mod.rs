@@ -96,6 +96,29 @@ enum Concluded {
     Stopped,
 }
 
+/// Batches started and not concluded, shown as a gauge.
+struct InFlightCount<'a> {
+    count: std::sync::atomic::AtomicIsize,
+    status: &'a SinkStatus,
+}
+
+impl<'a> InFlightCount<'a> {
+    fn new(status: &'a SinkStatus) -> Self {
+        InFlightCount {
+            count: std::sync::atomic::AtomicIsize::new(0),
+            status,
+        }
+    }
+
+    fn add(&self, delta: isize) {
+        let now = self
+            .count
+            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed)
+            + delta;
+        self.status.batches_in_flight(now.max(0) as usize);
+    }
+}
+
 /// What the next new batch turned out to be.
 type Next = Option<Option<Batch>>;
 
@@ -172,15 +195,19 @@ impl Delivery {
         let (started, in_order) = mpsc::channel(limit);
         // New batches start after the last range taken so far.
         let taken = resend.back().map_or(cursor, |range| range.1.max(cursor));
-        let conclude = self.conclude_in_order(cursor, &window, in_order);
+        let in_flight = InFlightCount::new(&self.status);
+        let conclude = self.conclude_in_order(cursor, &window, in_order, &in_flight);
         tokio::pin!(conclude);
-        tokio::select! {
-            cursor = &mut conclude => return cursor,
-            () = self.start_in_order(resend, taken, &window, started) => {}
-        }
-        // Nothing more starts: the batches in flight finish (or are
-        // abandoned after the drain timeout) and their verdicts count.
-        conclude.await
+        let cursor = tokio::select! {
+            cursor = &mut conclude => cursor,
+            () = self.start_in_order(resend, taken, &window, started, &in_flight) => {
+                // Nothing more starts: the batches in flight finish (or are
+                // abandoned after the drain timeout) and their verdicts count.
+                conclude.await
+            }
+        };
+        self.status.batches_in_flight(0);
+        cursor
     }
 
     /// Starts batches while the window has room, until stopping.
@@ -190,6 +217,7 @@ impl Delivery {
         mut taken: i64,
         window: &Semaphore,
         started: mpsc::Sender<InFlight>,
+        in_flight: &InFlightCount<'_>,
     ) {
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -218,6 +246,7 @@ impl Delivery {
                 },
             };
             let Some(batch) = batch else { return };
+            in_flight.add(1);
             if started.send(batch).await.is_err() {
                 return;
             }
@@ -241,6 +270,7 @@ impl Delivery {
         mut cursor: i64,
         window: &Semaphore,
         mut in_order: mpsc::Receiver<InFlight>,
+        in_flight: &InFlightCount<'_>,
     ) -> i64 {
         // Halves of a split batch, before anything newer.
         let mut halves: VecDeque<InFlight> = VecDeque::new();
@@ -257,6 +287,7 @@ impl Delivery {
             match self.conclude(batch, verdict).await {
                 Concluded::Advanced(to) => {
                     cursor = to;
+                    in_flight.add(-1);
                     if holds_room {
                         window.add_permits(1);
                     }
@@ -265,6 +296,7 @@ impl Delivery {
                     // The later half gives the room back.
                     second.holds_room = holds_room;
                     first.holds_room = false;
+                    in_flight.add(1);
                     halves.push_front(second);
                     halves.push_front(first);
                 }

@@ -147,6 +147,11 @@ impl SinkStatus {
         }
         metrics::gauge!(names::SINK_LAG_EVENTS, "sink" => self.name.clone()).set(0.0);
         metrics::gauge!(names::SINK_LAG_SECONDS, "sink" => self.name.clone()).set(0.0);
+        self.batches_in_flight(0);
+    }
+
+    pub fn batches_in_flight(&self, batches: usize) {
+        metrics::gauge!(names::SINK_IN_FLIGHT, "sink" => self.name.clone()).set(batches as f64);
     }
 }
 
