@@ -119,6 +119,42 @@ impl<'a> InFlightCount<'a> {
     }
 }
 
+/// A range to send again after a stop, before anything new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Recorded before the stop: sent exactly as it was.
+    Recorded(i64, i64),
+    /// Before or between recorded ranges: a range that held nothing for
+    /// this sink when it was skipped (skips are not recorded), concluded
+    /// in order behind older batches when the daemon stopped. It is read
+    /// again, so that if the sink's filters changed meanwhile, what it
+    /// holds now is not passed over.
+    Gap(i64, i64),
+}
+
+impl Resend {
+    fn last(self) -> i64 {
+        match self {
+            Resend::Recorded(_, last) | Resend::Gap(_, last) => last,
+        }
+    }
+}
+
+/// The ranges to send again, in order: the recorded ones and the gaps
+/// between them (and before the first), after `cursor`.
+fn resend_after(cursor: i64, recorded: &[(i64, i64)]) -> VecDeque<Resend> {
+    let mut resend = VecDeque::new();
+    let mut end = cursor;
+    for &(first, last) in recorded {
+        if first > end + 1 {
+            resend.push_back(Resend::Gap(end + 1, first - 1));
+        }
+        resend.push_back(Resend::Recorded(first, last));
+        end = end.max(last);
+    }
+    resend
+}
+
 /// What the next new batch turned out to be.
 type Next = Option<Option<Batch>>;
 
@@ -181,7 +217,9 @@ impl Delivery {
         if let (Some(first), Some(last)) = (recorded.first(), recorded.last()) {
             tracing::info!(sink = %self.name, batches = recorded.len(), first = first.0, last = last.1, "resending the batches in flight at the last stop");
         }
-        let cursor = self.deliver_in_order(cursor, recorded.into()).await;
+        let cursor = self
+            .deliver_in_order(cursor, resend_after(cursor, &recorded))
+            .await;
         tracing::info!(sink = %self.name, cursor, "sink stopped");
     }
 
@@ -189,12 +227,14 @@ impl Delivery {
     /// starts batches (ranges recorded before a stop first, as they were,
     /// then new ones), the other takes their verdicts oldest first. Returns
     /// the cursor when stopping.
-    async fn deliver_in_order(&self, cursor: i64, resend: VecDeque<(i64, i64)>) -> i64 {
+    async fn deliver_in_order(&self, cursor: i64, resend: VecDeque<Resend>) -> i64 {
         let limit = self.config.batch.in_flight;
         let window = Semaphore::new(limit);
         let (started, in_order) = mpsc::channel(limit);
         // New batches start after the last range taken so far.
-        let taken = resend.back().map_or(cursor, |range| range.1.max(cursor));
+        let taken = resend
+            .back()
+            .map_or(cursor, |range| range.last().max(cursor));
         let in_flight = InFlightCount::new(&self.status);
         let conclude = self.conclude_in_order(cursor, &window, in_order, &in_flight);
         tokio::pin!(conclude);
@@ -213,7 +253,7 @@ impl Delivery {
     /// Starts batches while the window has room, until stopping.
     async fn start_in_order(
         &self,
-        mut resend: VecDeque<(i64, i64)>,
+        mut resend: VecDeque<Resend>,
         mut taken: i64,
         window: &Semaphore,
         started: mpsc::Sender<InFlight>,
@@ -231,7 +271,8 @@ impl Delivery {
                 return;
             }
             let batch = match resend.pop_front() {
-                Some(range) => self.start_recorded(range).await,
+                Some(Resend::Recorded(first, last)) => self.start_recorded((first, last)).await,
+                Some(Resend::Gap(first, last)) => self.start_gap((first, last)).await,
                 None => match self.next_new(taken).await {
                     Some(Some(batch)) => {
                         taken = batch.last;
@@ -420,6 +461,22 @@ impl Delivery {
         // A shrunk body keeps its oldest events.
         seqs.truncate(encoded.events);
         (seqs, encoded)
+    }
+
+    /// Reads a gap between recorded ranges again (see [`Resend::Gap`]):
+    /// skipped as before, or recorded and started if it holds events for
+    /// this sink now.
+    async fn start_gap(&self, (first, last): (i64, i64)) -> Option<InFlight> {
+        let started = self.start_recorded((first, last)).await?;
+        if started.sending.is_some() {
+            self.progress(SinkOp::RecordBatch {
+                sink: self.name.clone(),
+                first,
+                last,
+            })
+            .await?;
+        }
+        Some(started)
     }
 
     fn skip(&self, first: i64, last: i64) -> InFlight {
@@ -662,5 +719,29 @@ impl Delivery {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_before_and_between_recorded_ranges_are_read_again() {
+        assert_eq!(resend_after(10, &[]), VecDeque::new());
+        assert_eq!(
+            resend_after(10, &[(11, 20), (21, 30)]),
+            VecDeque::from([Resend::Recorded(11, 20), Resend::Recorded(21, 30)])
+        );
+        // A skipped range behind the oldest batch, and one between two.
+        assert_eq!(
+            resend_after(10, &[(15, 20), (31, 40)]),
+            VecDeque::from([
+                Resend::Gap(11, 14),
+                Resend::Recorded(15, 20),
+                Resend::Gap(21, 30),
+                Resend::Recorded(31, 40)
+            ])
+        );
     }
 }
