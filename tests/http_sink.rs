@@ -35,11 +35,11 @@ async fn refusing_requests_over(limit: usize) -> Receiver {
     .await
 }
 
-#[tokio::test]
-async fn batches_in_flight_go_out_together_and_the_cursor_waits_for_the_oldest() {
+/// A receiver that answers the batch starting at seq 1 only once the gate
+/// opens, and everything else at once.
+async fn holding_the_first_batch() -> (Receiver, Gate) {
     let gate = Gate::new();
     let held = gate.clone();
-    // The first batch (seqs 1-10) is answered only when the test says so.
     let receiver = Receiver::start(move |seen, _| {
         if seen.seqs.first() == Some(&1) {
             Reply::ok().held(&held)
@@ -48,6 +48,12 @@ async fn batches_in_flight_go_out_together_and_the_cursor_waits_for_the_oldest()
         }
     })
     .await;
+    (receiver, gate)
+}
+
+#[tokio::test]
+async fn batches_in_flight_go_out_together_and_the_cursor_waits_for_the_oldest() {
+    let (receiver, gate) = holding_the_first_batch().await;
     let config = format!(
         "[sinks.remote]\nkind = \"http\"\nurl = \"{}\"\n[sinks.remote.batch]\nmax_events = 10\nin_flight = 3\n",
         receiver.url()
@@ -91,16 +97,7 @@ async fn batches_in_flight_go_out_together_and_the_cursor_waits_for_the_oldest()
 /// reads it again, so events the sink's new filters take are not passed over.
 #[tokio::test]
 async fn a_skipped_range_behind_a_stopped_batch_is_read_again_after_a_restart() {
-    let gate = Gate::new();
-    let held = gate.clone();
-    let receiver = Receiver::start(move |seen, _| {
-        if seen.seqs.first() == Some(&1) {
-            Reply::ok().held(&held)
-        } else {
-            Reply::ok()
-        }
-    })
-    .await;
+    let (receiver, gate) = holding_the_first_batch().await;
     let sink = |include: &str| {
         format!(
             "[shutdown]\ndrain_timeout = \"1s\"\n[sinks.remote]\nkind = \"http\"\nurl = \"{}\"\ninclude_types = {include}\n\
