@@ -434,7 +434,20 @@ impl Delivery {
     }
 
     /// Starts a recorded range again, exactly as it was fixed.
-    async fn start_recorded(&self, (first, last): (i64, i64)) -> Option<InFlight> {
+    async fn start_recorded(&self, range: (i64, i64)) -> Option<InFlight> {
+        self.start_range(range, false).await
+    }
+
+    /// Reads a gap between recorded ranges again (see [`Resend::Gap`]):
+    /// skipped as before, or recorded and started if it holds events for
+    /// this sink now.
+    async fn start_gap(&self, range: (i64, i64)) -> Option<InFlight> {
+        self.start_range(range, true).await
+    }
+
+    /// Starts a fixed range as it is (never shrunk), recording it first
+    /// when `record` and it holds anything for this sink.
+    async fn start_range(&self, (first, last): (i64, i64), record: bool) -> Option<InFlight> {
         let events = self.read(|| self.outbox.read_range(first, last)).await?;
         let mut body = BodyWriter::new(&*self.encoder);
         for event in events.iter().filter(|e| self.filter.matches(e)) {
@@ -445,6 +458,14 @@ impl Delivery {
             return Some(self.skip(first, last));
         }
         let (seqs, encoded) = self.finish(Batch { first, last, body }, None);
+        if record {
+            self.progress(SinkOp::RecordBatch {
+                sink: self.name.clone(),
+                first,
+                last,
+            })
+            .await?;
+        }
         Some(self.launch(seqs, encoded))
     }
 
@@ -461,22 +482,6 @@ impl Delivery {
         // A shrunk body keeps its oldest events.
         seqs.truncate(encoded.events);
         (seqs, encoded)
-    }
-
-    /// Reads a gap between recorded ranges again (see [`Resend::Gap`]):
-    /// skipped as before, or recorded and started if it holds events for
-    /// this sink now.
-    async fn start_gap(&self, (first, last): (i64, i64)) -> Option<InFlight> {
-        let started = self.start_recorded((first, last)).await?;
-        if started.sending.is_some() {
-            self.progress(SinkOp::RecordBatch {
-                sink: self.name.clone(),
-                first,
-                last,
-            })
-            .await?;
-        }
-        Some(started)
     }
 
     fn skip(&self, first: i64, last: i64) -> InFlight {
