@@ -353,6 +353,12 @@ impl Config {
                 "must be between 1 and 1000000",
             ));
         }
+        if !(ByteSize::mib(1).0..=ByteSize::gib(4).0).contains(&self.outbox.segment_bytes.0) {
+            return Err(error_at(
+                "outbox.segment_bytes",
+                "must be between 1MiB and 4GiB",
+            ));
+        }
         for (name, sink) in &self.sinks {
             sink.validate(name).map_err(ConfigError)?;
         }

@@ -7,7 +7,8 @@
 //! b-tree pages instead of stopping at the first one.
 
 use crate::format::push_with_seq;
-use crate::outbox::integrity::{read_seq, sibling};
+use crate::outbox::bodies::BODIES_DIR;
+use crate::outbox::integrity::{read_seq, sibling, BODIES_SUFFIX};
 use anyhow::Context;
 use rusqlite::{params, Connection};
 use std::io::Write;
@@ -89,11 +90,12 @@ pub fn salvage(file: &Path, out: &mut dyn Write) -> anyhow::Result<SalvageReport
     };
     let connection = Connection::open(&copy)
         .with_context(|| format!("{} cannot be opened as SQLite", file.display()))?;
+    let log = BodyLogFiles::beside(file, &connection)?;
     let upper = newest_seq(&connection);
     let mut next = i64::MIN;
     let mut line = Vec::with_capacity(4096);
     loop {
-        match read_from(&connection, next, out, &mut line, &mut report)? {
+        match read_from(&connection, log.as_ref(), next, out, &mut line, &mut report)? {
             Read::Done => break,
             Read::More(after) => next = after + 1,
             Read::FailedAt(at) => match resume_after_damage(&connection, at, upper) {
@@ -154,16 +156,82 @@ enum Read {
     FailedAt(i64),
 }
 
+/// The segment files of a salvaged database's body log (see
+/// `outbox::bodies`): beside a quarantined file as `NAME.db-bodies`, or
+/// `bodies/` beside a live `outbox.db`.
+struct BodyLogFiles {
+    files: std::collections::BTreeMap<u64, std::fs::File>,
+}
+
+impl BodyLogFiles {
+    /// None when the database keeps every body inline (an older schema, or
+    /// no body in the log).
+    fn beside(file: &Path, connection: &Connection) -> anyhow::Result<Option<BodyLogFiles>> {
+        let in_log = read_seq(
+            connection,
+            "SELECT COUNT(*) FROM events WHERE body_at IS NOT NULL",
+        )
+        .unwrap_or(0);
+        let has_columns = connection
+            .prepare("SELECT body_at, body_len FROM events LIMIT 0")
+            .is_ok();
+        if !has_columns {
+            return Ok(None);
+        }
+        let quarantined = sibling(file, BODIES_SUFFIX);
+        let dir = if quarantined.is_dir() {
+            quarantined
+        } else {
+            file.parent().unwrap_or(Path::new(".")).join(BODIES_DIR)
+        };
+        let mut files = std::collections::BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                let start = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".log"))
+                    .and_then(|n| n.parse::<u64>().ok());
+                if let Some(start) = start {
+                    let opened = std::fs::File::open(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    files.insert(start, opened);
+                }
+            }
+        }
+        if files.is_empty() && in_log > 0 {
+            eprintln!(
+                "outboxd salvage: {in_log} events keep their body in a body log, and {} holds none: they are skipped",
+                dir.display()
+            );
+        }
+        Ok(Some(BodyLogFiles { files }))
+    }
+
+    fn read(&self, at: u64, len: u64) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let (start, file) = self.files.range(..=at).next_back()?;
+        let mut body = vec![0u8; len as usize];
+        file.read_exact_at(&mut body, at - start).ok()?;
+        Some(body)
+    }
+}
+
 fn read_from(
     connection: &Connection,
+    log: Option<&BodyLogFiles>,
     from: i64,
     out: &mut dyn Write,
     line: &mut Vec<u8>,
     report: &mut SalvageReport,
 ) -> anyhow::Result<Read> {
-    let Ok(mut statement) = connection
-        .prepare_cached("SELECT seq, body FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2")
-    else {
+    let sql = match log {
+        Some(_) => {
+            "SELECT seq, body, body_at, body_len FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+        }
+        None => "SELECT seq, body, NULL, NULL FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+    };
+    let Ok(mut statement) = connection.prepare_cached(sql) else {
         return Ok(Read::FailedAt(from));
     };
     let Ok(mut rows) = statement.query(params![from, BATCH]) else {
@@ -177,7 +245,16 @@ fn read_from(
                     report.invalid += 1;
                     continue;
                 };
-                emit(seq, &body, out, line, report, |r| r.events += 1)?;
+                let place = (row.get::<_, Option<i64>>(2), row.get::<_, Option<i64>>(3));
+                let body = match (place, log) {
+                    ((Ok(None), _), _) => Some(body),
+                    ((Ok(Some(at)), Ok(Some(len))), Some(log)) => log.read(at as u64, len as u64),
+                    _ => None,
+                };
+                match body {
+                    Some(body) => emit(seq, &body, out, line, report, |r| r.events += 1)?,
+                    None => report.invalid += 1,
+                }
                 last = Some(seq);
                 count += 1;
             }

@@ -21,6 +21,39 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_random_moments_loses_and_duplicates_nothing_at_either_sink() {
+    harness(
+        "",
+        &["--batch", "20", "--concurrency", "4", "--event-size", "200"],
+    )
+    .await;
+}
+
+/// The same with `outbox.bodies = "segments"`: requests of ~100 KiB go to
+/// the body log, small segments come and go while the daemon is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_bodies_in_the_log_loses_and_duplicates_nothing() {
+    let daemon_dir = harness(
+        "[outbox]\nbodies = \"segments\"\nsegment_bytes = \"1MiB\"\n",
+        &[
+            "--batch",
+            "100",
+            "--concurrency",
+            "4",
+            "--event-size",
+            "1024",
+        ],
+    )
+    .await;
+    let connection = rusqlite::Connection::open(daemon_dir.path().join("data/outbox.db")).unwrap();
+    let log_end: i64 = connection
+        .query_row("SELECT log_end FROM outbox_state", [], |row| row.get(0))
+        .unwrap();
+    assert!(log_end > 1 << 20, "the body log was used: {log_end} bytes");
+}
+
+/// Kills the daemon at random moments under `load`, then checks that both
+/// sinks got every acknowledged event once; returns the daemon's directory.
+async fn harness(outbox: &str, load: &[&str]) -> tempfile::TempDir {
     let cycles = env_number("CRASH_CYCLES", 5);
     let seed = env_number("CRASH_SEED", fastrand::u64(..));
     println!("crash harness: {cycles} cycles, CRASH_SEED={seed}");
@@ -31,7 +64,7 @@ async fn kill9_at_random_moments_loses_and_duplicates_nothing_at_either_sink() {
         Receiver::start(|_, n| Reply::ok().after(Duration::from_millis((n as u64 * 7919) % 10)))
             .await;
     let mut daemon = Daemon::start(&format!(
-        "[sinks.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"crash\"\naccess_key = \"{ACCESS_KEY}\"\n\
+        "{outbox}[sinks.s3]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"crash\"\naccess_key = \"{ACCESS_KEY}\"\n\
          secret_key = \"{SECRET_KEY}\"\ncreate_bucket = true\n\
          [sinks.s3.batch]\nmax_age = \"100ms\"\nmax_events = 400\n\
          [sinks.s3.retry]\ninitial = \"50ms\"\nmax = \"500ms\"\nhalted_probe = \"300ms\"\n\
@@ -45,12 +78,7 @@ async fn kill9_at_random_moments_loses_and_duplicates_nothing_at_either_sink() {
     let acked_log = daemon.dir.path().join("acked.txt");
     let started = Instant::now();
     for cycle in 0..cycles {
-        let load = common::start_load(
-            &daemon,
-            &acked_log,
-            Duration::from_millis(1500),
-            &["--batch", "20", "--concurrency", "4", "--event-size", "200"],
-        );
+        let load = common::start_load(&daemon, &acked_log, Duration::from_millis(1500), load);
         let kill_after = Duration::from_millis(rng.u64(150..1300));
         tokio::time::sleep(kill_after).await;
         daemon.kill9();
@@ -109,4 +137,5 @@ async fn kill9_at_random_moments_loses_and_duplicates_nothing_at_either_sink() {
         seen.len(),
         by_key.len()
     );
+    daemon.into_dir()
 }

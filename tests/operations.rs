@@ -230,13 +230,7 @@ async fn the_socket_gets_its_mode_replaces_a_stale_file_and_is_removed_on_exit()
 #[tokio::test]
 async fn a_second_daemon_on_the_same_data_dir_or_socket_is_refused() {
     let daemon = Daemon::start("").await;
-    let output = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&daemon.config_path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::refused_start(&daemon.config_path);
     assert!(
         stderr.contains("another outboxd is using data_dir"),
         "{stderr}"
@@ -269,13 +263,7 @@ fn run_with_socket_at(dir: &std::path::Path, socket: &std::path::Path) -> String
         socket.display().to_string()
     );
     std::fs::write(&config, text).unwrap();
-    let output = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    common::refused_start(&config)
 }
 
 #[tokio::test]

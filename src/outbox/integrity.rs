@@ -10,6 +10,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// A quarantined database's body log sits beside it, named with this suffix.
+pub const BODIES_SUFFIX: &str = "-bodies";
+
 /// Sub-directory of `data_dir` that holds quarantined databases.
 pub const QUARANTINE_DIR: &str = "quarantine";
 /// Left in `data_dir` when corruption was seen at run time: the next open
@@ -67,7 +70,7 @@ pub struct Quarantined {
     pub reason: String,
 }
 
-/// Moves `db` (and its WAL) into `data_dir/quarantine/` under a UTC
+/// Moves `db` (and its WAL and body log) into `data_dir/quarantine/` under a UTC
 /// timestamp, with a `.txt` saying why. The shared-memory index is derived
 /// data and is deleted.
 pub fn quarantine(db: &Path, reason: &str) -> std::io::Result<Quarantined> {
@@ -94,6 +97,11 @@ pub fn quarantine(db: &Path, reason: &str) -> std::io::Result<Quarantined> {
     let wal = sibling(db, "-wal");
     if wal.exists() {
         std::fs::rename(&wal, sibling(&target, "-wal"))?;
+    }
+    // The body log belongs to this database: its rows name offsets in it.
+    let bodies = data_dir.join(super::bodies::BODIES_DIR);
+    if bodies.exists() {
+        std::fs::rename(&bodies, sibling(&target, BODIES_SUFFIX))?;
     }
     std::fs::rename(db, &target)?;
     let _ = std::fs::remove_file(sibling(db, "-shm"));

@@ -6,6 +6,7 @@
 //! through small pools of read-only connections: bulk reads of events on
 //! plain synchronous ones ([`scan`]), the rest on sqlx's.
 
+pub mod bodies;
 mod checkpoint;
 pub mod integrity;
 mod open;
@@ -21,7 +22,7 @@ mod writer;
 pub use open::{open, OpenError, Opened};
 pub use progress::SinkOp;
 pub use read::{DeadLetter, SinkCursor};
-pub use settings::{OnCorruption, OutboxConfig, Settings, SyncMode, WhenFull};
+pub use settings::{BodyStore, OnCorruption, OutboxConfig, Settings, SyncMode, WhenFull};
 
 use crate::event::{Event, LiveEvent};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

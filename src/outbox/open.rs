@@ -2,11 +2,12 @@
 //! the running totals, start the writer. Every failure names the file and
 //! what to do, so a bad database never becomes a crash loop.
 
+use super::bodies::{self, BodyLog};
 use super::checkpoint;
 use super::integrity::{self, Quarantined};
 use super::reserve::DiskReserve;
 use super::writer::{Writer, WriterSettings};
-use super::{OnCorruption, Settings, SyncMode};
+use super::{BodyStore, OnCorruption, Settings, SyncMode};
 use super::{Outbox, Stats};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
@@ -182,6 +183,7 @@ async fn check_connected(
         .fetch_one(&mut *connection)
         .await
         .map_err(|e| sqlx_failure(path, "reading sink_cursors", e))?;
+    check_body_log(path, connection).await?;
     if let Some(reason) = suspect {
         tracing::warn!(earlier = %reason.trim(), "the last run saw corruption; checking the whole outbox database");
         let problems: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(5)")
@@ -200,6 +202,32 @@ async fn check_connected(
         last_seq,
         events,
         bytes,
+    })
+}
+
+/// The body log's segments are there and hold what the database says was
+/// committed to them; a missing or short one is corruption like a damaged
+/// page (`on_corruption` applies).
+async fn check_body_log(
+    path: &Path,
+    connection: &mut sqlx::SqliteConnection,
+) -> Result<(), Failure> {
+    let log_end: i64 = sqlx::query_scalar("SELECT log_end FROM outbox_state WHERE singleton = 0")
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(|e| sqlx_failure(path, "reading outbox_state", e))?;
+    let kept: Vec<i64> = sqlx::query_scalar("SELECT start FROM body_segments ORDER BY start")
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(|e| sqlx_failure(path, "reading body_segments", e))?;
+    let kept: Vec<u64> = kept.into_iter().map(|start| start as u64).collect();
+    let data_dir = path.parent().unwrap_or(Path::new("."));
+    bodies::verify(data_dir, log_end as u64, &kept).map_err(|damage| match damage {
+        bodies::Damage::Damaged(why) => Failure::Corrupt(why),
+        bodies::Damage::Unreadable(why) => Failure::Other(OpenError(format!(
+            "outbox database {}: checking the body log failed: {why}",
+            path.display()
+        ))),
     })
 }
 
@@ -314,12 +342,15 @@ pub async fn open(config: &Settings) -> Result<Opened, OpenError> {
         &config.data_dir,
         config.outbox.min_free_disk.0,
     ));
+    let log = open_body_log(&connection, config, &path)?;
+    let segments = log.as_ref().map(BodyLog::segments);
     let writer = Writer::new(
         connection,
         settings,
         stats.clone(),
         (last_seq, events, bytes),
         reserve.clone(),
+        log,
     );
     let database = std::fs::File::open(&path).map_err(|e| {
         OpenError(format!(
@@ -351,13 +382,39 @@ pub async fn open(config: &Settings) -> Result<Opened, OpenError> {
         outbox: Outbox {
             commands,
             readers,
-            scanner: Arc::new(super::scan::Scanner::new(&path)),
+            scanner: Arc::new(super::scan::Scanner::new(&path, segments)),
             stats,
             max_bytes,
         },
         writer_stopped,
         _lock: lock,
     })
+}
+
+/// The body log, when it is on or still holds bodies (it stays readable
+/// after `outbox.bodies` goes back to `"inline"`).
+fn open_body_log(
+    connection: &rusqlite::Connection,
+    config: &Settings,
+    path: &Path,
+) -> Result<Option<BodyLog>, OpenError> {
+    let (log_end, kept) = bodies::stored_state(connection).map_err(|e| {
+        OpenError(format!(
+            "outbox database {}: reading the body log's state failed: {e}",
+            path.display()
+        ))
+    })?;
+    if config.outbox.bodies == BodyStore::Inline && kept.is_empty() {
+        return Ok(None);
+    }
+    BodyLog::open(
+        &config.data_dir,
+        log_end,
+        &kept,
+        config.outbox.segment_bytes.0.max(1),
+    )
+    .map(Some)
+    .map_err(|e| OpenError(format!("the outbox's body log: {e}")))
 }
 
 /// What `/readyz` and the metric say about quarantined databases still in

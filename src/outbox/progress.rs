@@ -2,10 +2,11 @@
 //! batch's range before its first attempt, advancing cursors, dead letters
 //! and their replay, and deleting what [`super::retention`] allows.
 
+use super::bodies::Segments;
 use super::sessions::{self, SessionOp};
 use crate::clock::now_ms;
 use crate::event::ROW_OVERHEAD_BYTES;
-use rusqlite::{params, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction};
 
 /// A change to a sink's progress; each runs in its own transaction.
 #[derive(Debug, Clone)]
@@ -91,7 +92,12 @@ fn for_dead_letters(
 }
 
 /// Applies one op; returns a count (rows affected) and, for cursor moves, the new cursor.
-pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64>)> {
+/// `bodies` reads the bodies kept in the body log (dead letters keep their own copy).
+pub fn apply(
+    tx: &Transaction,
+    op: &SinkOp,
+    bodies: Option<&Segments>,
+) -> rusqlite::Result<(u64, Option<i64>)> {
     let now = now_ms();
     match op {
         SinkOp::Register { sinks } => {
@@ -135,7 +141,7 @@ pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64
             reason,
             to,
         } => {
-            let n = copy_to_dead_letters(tx, sink, seqs, reason, now)?;
+            let n = copy_to_dead_letters(tx, sink, seqs, reason, now, bodies)?;
             advance(tx, sink, *to, now)?;
             Ok((n, Some(*to)))
         }
@@ -162,7 +168,7 @@ pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64
             Ok((n as u64, None))
         }
         SinkOp::Sessions { sink, op } => {
-            let n = sessions::apply(tx, sink, op, now)?;
+            let n = sessions::apply(tx, sink, op, now, bodies)?;
             let cursor = match op {
                 SessionOp::Scan { to, .. } => Some(*to),
                 _ => None,
@@ -172,23 +178,51 @@ pub fn apply(tx: &Transaction, op: &SinkOp) -> rusqlite::Result<(u64, Option<i64
     }
 }
 
-/// Copies the events `seqs` still in the outbox into `sink`'s dead letters.
+/// Copies the events `seqs` still in the outbox into `sink`'s dead letters,
+/// with their bodies (read from the body log for those stored there).
 pub(super) fn copy_to_dead_letters(
     tx: &Transaction,
     sink: &str,
     seqs: &[i64],
     reason: &str,
     now: i64,
+    bodies: Option<&Segments>,
 ) -> rusqlite::Result<u64> {
     let mut copy = tx.prepare_cached(
         "INSERT OR REPLACE INTO dead_letters (sink, seq, id, type, fidelity, received_ms, body, reason, failed_ms, requeued) \
          SELECT ?1, seq, id, type, fidelity, received_ms, body, ?3, ?4, 0 FROM events WHERE seq = ?2",
     )?;
+    let mut in_log = tx.prepare_cached(
+        "SELECT body_at, body_len FROM events WHERE seq = ?1 AND body_at IS NOT NULL",
+    )?;
+    let mut fill =
+        tx.prepare_cached("UPDATE dead_letters SET body = ?3 WHERE sink = ?1 AND seq = ?2")?;
     let mut n = 0;
     for seq in seqs {
         n += copy.execute(params![sink, seq, reason, now])? as u64;
+        let place: Option<(i64, i64)> = in_log
+            .query_row([seq], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        if let Some((at, len)) = place {
+            let body = bodies
+                .ok_or_else(|| {
+                    body_error(format!(
+                        "event {seq} has its body in the body log, which is not open"
+                    ))
+                })?
+                .read(*seq, at as u64, len as u64)
+                .map_err(|e| body_error(e.0))?
+                .ok_or_else(|| {
+                    body_error(format!("the body of event {seq} is gone from the body log"))
+                })?;
+            fill.execute(params![sink, seq, body])?;
+        }
     }
     Ok(n)
+}
+
+fn body_error(text: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(text.into())
 }
 
 fn record_batch(tx: &Transaction, sink: &str, first: i64, last: i64) -> rusqlite::Result<u64> {
@@ -211,24 +245,29 @@ pub(super) fn advance(tx: &Transaction, sink: &str, to: i64, now: i64) -> rusqli
 }
 
 /// Deletes the events in the next `limit` seqs up to `upto`; returns
-/// (events, bytes) freed and whether everything up to `upto` is gone.
+/// (events, bytes) freed, the seq every event up to which is now gone,
+/// and whether that is `upto`.
 ///
 /// A plain range delete, with the bytes counted by a read before it: the
 /// earlier `DELETE ... WHERE seq IN (SELECT ... LIMIT) RETURNING` made
 /// SQLite keep a statement journal, a copy of every page the delete
 /// rebalanced, written to a temp file (a fifth of the writer's time while
 /// draining to S3).
-pub fn delete_upto(tx: &Transaction, upto: i64, limit: i64) -> rusqlite::Result<(i64, i64, bool)> {
+pub fn delete_upto(
+    tx: &Transaction,
+    upto: i64,
+    limit: i64,
+) -> rusqlite::Result<(i64, i64, i64, bool)> {
     let first: Option<i64> = tx
         .prepare_cached("SELECT MIN(seq) FROM events")?
         .query_row([], |row| row.get(0))?;
     let Some(first) = first.filter(|first| *first <= upto) else {
-        return Ok((0, 0, true));
+        return Ok((0, 0, upto, true));
     };
     let last = upto.min(first.saturating_add(limit - 1));
     let (events, bytes): (i64, i64) = tx
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM events WHERE seq BETWEEN ?1 AND ?2",
+            "SELECT COUNT(*), COALESCE(SUM(length(body) + IFNULL(body_len, 0)), 0) FROM events WHERE seq BETWEEN ?1 AND ?2",
         )?
         .query_row(params![first, last], |row| Ok((row.get(0)?, row.get(1)?)))?;
     tx.prepare_cached("DELETE FROM events WHERE seq BETWEEN ?1 AND ?2")?
@@ -236,6 +275,7 @@ pub fn delete_upto(tx: &Transaction, upto: i64, limit: i64) -> rusqlite::Result<
     Ok((
         events,
         bytes + events * ROW_OVERHEAD_BYTES as i64,
+        last,
         last == upto,
     ))
 }

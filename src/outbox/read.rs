@@ -52,7 +52,7 @@ impl Outbox {
         self.scanner
             .events(
                 &self.stats,
-                "SELECT seq, type, fidelity, session_id, received_ms, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, type, fidelity, session_id, received_ms, body, body_at, body_len FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 vec![Param::Int(after), Param::Int(limit)],
             )
             .await
@@ -63,7 +63,7 @@ impl Outbox {
         self.scanner
             .events(
                 &self.stats,
-                "SELECT seq, type, fidelity, session_id, received_ms, body FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                "SELECT seq, type, fidelity, session_id, received_ms, body, body_at, body_len FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
                 vec![Param::Int(first), Param::Int(last)],
             )
             .await

@@ -132,6 +132,14 @@ pub fn available_bytes(dir: &Path) -> Option<u64> {
     ok.then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
+/// A file write failed for lack of space (or of filesystem quota).
+pub fn is_no_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    )
+}
+
 /// True when SQLite says the disk (or a quota) is full.
 pub fn is_disk_full(error: &rusqlite::Error) -> bool {
     matches!(error, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull)

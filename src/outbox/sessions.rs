@@ -71,7 +71,13 @@ pub enum SessionOp {
 }
 
 /// Applies one op in the writer's transaction; returns rows affected.
-pub fn apply(tx: &Transaction, sink: &str, op: &SessionOp, now: i64) -> rusqlite::Result<u64> {
+pub fn apply(
+    tx: &Transaction,
+    sink: &str,
+    op: &SessionOp,
+    now: i64,
+    bodies: Option<&super::bodies::Segments>,
+) -> rusqlite::Result<u64> {
     match op {
         SessionOp::Scan { segments, to } => {
             let mut extend = tx.prepare_cached(
@@ -130,7 +136,7 @@ pub fn apply(tx: &Transaction, sink: &str, op: &SessionOp, now: i64) -> rusqlite
         }
         SessionOp::Sent { units, dead } => {
             if let Some((reason, seqs)) = dead {
-                super::progress::copy_to_dead_letters(tx, sink, seqs, reason, now)?;
+                super::progress::copy_to_dead_letters(tx, sink, seqs, reason, now, bodies)?;
             }
             let mut done = tx.prepare_cached(
                 "DELETE FROM sessions WHERE sink = ?1 AND first_seq = ?2 AND ended_by IS NOT NULL AND ?3 >= last_seq",
@@ -224,7 +230,7 @@ impl Outbox {
         self.scanner
             .events(
                 &self.stats,
-                "SELECT seq, type, fidelity, session_id, received_ms, body FROM events \
+                "SELECT seq, type, fidelity, session_id, received_ms, body, body_at, body_len FROM events \
                  WHERE session_id = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
                 vec![
                     Param::Text(session_id.to_string()),

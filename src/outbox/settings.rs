@@ -44,6 +44,17 @@ pub enum SyncMode {
     Normal,
 }
 
+/// Where event bodies are stored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyStore {
+    /// In the SQLite database, with the rest of each event's row.
+    Inline,
+    /// A large group's bodies in the append-only body log under
+    /// `data_dir/bodies/` (written once, not twice as through the WAL).
+    Segments,
+}
+
 /// What start-up does with an outbox database SQLite reports as corrupt.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +77,10 @@ pub struct OutboxConfig {
     /// Ingest stops while less than this is left on the outbox's disk
     /// (counting space free inside the database); 0 disables the check.
     pub min_free_disk: ByteSize,
+    pub bodies: BodyStore,
+    /// With `bodies = "segments"`: a new segment file starts once the
+    /// active one holds this much (a segment goes once all its events did).
+    pub segment_bytes: ByteSize,
 }
 
 impl Default for OutboxConfig {
@@ -77,6 +92,8 @@ impl Default for OutboxConfig {
             commit_max_events: 20_000,
             on_corruption: OnCorruption::Quarantine,
             min_free_disk: ByteSize::mib(64),
+            bodies: BodyStore::Inline,
+            segment_bytes: ByteSize::mib(64),
         }
     }
 }

@@ -95,6 +95,12 @@ impl Daemon {
         }
     }
 
+    /// The test directory, kept after the daemon (stopped) is dropped.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        assert!(self.child.is_none(), "stop the daemon first");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -411,20 +417,56 @@ pub async fn stored_in(db: &Path) -> Vec<Stored> {
         .connect()
         .await
         .unwrap();
-    let rows: Vec<(i64, String, String, Vec<u8>)> =
-        sqlx::query_as("SELECT seq, id, type, body FROM events ORDER BY seq")
+    type Row = (i64, String, String, Vec<u8>, Option<i64>, Option<i64>);
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT seq, id, type, body, body_at, body_len FROM events ORDER BY seq")
             .fetch_all(&mut connection)
             .await
             .unwrap();
+    let log = db.parent().unwrap().join("bodies");
     rows.into_iter()
-        .map(|(seq, id, event_type, body)| Stored {
-            seq,
-            id,
-            event_type,
-            body: serde_json::from_slice(&body).expect("stored bodies are JSON"),
-            raw: String::from_utf8(body).expect("stored bodies are UTF-8"),
+        .map(|(seq, id, event_type, body, at, len)| {
+            let body = match (at, len) {
+                (Some(at), Some(len)) => read_body_log(&log, at as u64, len as usize),
+                _ => body,
+            };
+            Stored {
+                seq,
+                id,
+                event_type,
+                body: serde_json::from_slice(&body).expect("stored bodies are JSON"),
+                raw: String::from_utf8(body).expect("stored bodies are UTF-8"),
+            }
         })
         .collect()
+}
+
+/// The segment files of the body log in `dir`, by the log offset each starts at.
+pub fn body_log_segments(dir: &Path) -> Vec<u64> {
+    let mut starts: Vec<u64> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    starts.sort_unstable();
+    starts
+}
+
+/// `len` bytes at log offset `at` of the body log in `dir`.
+pub fn read_body_log(dir: &Path, at: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let start = *body_log_segments(dir)
+        .iter()
+        .rev()
+        .find(|start| **start <= at)
+        .expect("a segment holds the body");
+    let file = std::fs::File::open(dir.join(format!("{start:020}.log"))).unwrap();
+    let mut body = vec![0u8; len];
+    file.read_exact_at(&mut body, at - start).unwrap();
+    body
 }
 
 /// The value of one sample line (`name{labels} value`) in Prometheus text.
@@ -659,4 +701,39 @@ pub fn json_lines_in(dir: &Path) -> Vec<serde_json::Value> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Runs `outboxd salvage FILE -o OUT`; returns the events and the report.
+pub fn salvage(file: &Path, out: &Path) -> (Vec<serde_json::Value>, String) {
+    let output = Command::new(binary())
+        .arg("salvage")
+        .arg(file)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{report}");
+    let events = std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (events, report)
+}
+
+/// Runs `outboxd run --config CONFIG` in the foreground where start-up must
+/// fail; returns what it said on stderr.
+pub fn refused_start(config: &Path) -> String {
+    let output = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "outboxd started on {}",
+        config.display()
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }

@@ -148,11 +148,14 @@ pub(super) fn plan(
     plan
 }
 
-/// Deletes the oldest events until at least `needed` bytes are freed.
-pub(super) fn evict_oldest(tx: &Transaction, needed: u64) -> rusqlite::Result<(i64, i64)> {
+/// Deletes the oldest events until at least `needed` bytes are freed;
+/// returns (events, bytes) freed and the seq every event up to which is gone.
+pub(super) fn evict_oldest(tx: &Transaction, needed: u64) -> rusqlite::Result<(i64, i64, i64)> {
     let (mut freed, mut count, mut upto) = (0u64, 0i64, 0i64);
     {
-        let mut oldest = tx.prepare_cached("SELECT seq, length(body) FROM events ORDER BY seq")?;
+        let mut oldest = tx.prepare_cached(
+            "SELECT seq, length(body) + IFNULL(body_len, 0) FROM events ORDER BY seq",
+        )?;
         let mut rows = oldest.query([])?;
         while let Some(row) = rows.next()? {
             freed += row.get::<_, i64>(1)? as u64 + ROW_OVERHEAD_BYTES;
@@ -164,7 +167,7 @@ pub(super) fn evict_oldest(tx: &Transaction, needed: u64) -> rusqlite::Result<(i
         }
     }
     tx.execute("DELETE FROM events WHERE seq <= ?1", [upto])?;
-    Ok((count, freed as i64))
+    Ok((count, freed as i64, upto))
 }
 
 #[cfg(test)]
@@ -212,6 +215,7 @@ mod tests {
             min_free_disk: 0,
             feed_retain_ms: 0,
             feed_retain_bytes: 0,
+            bodies_in_log: false,
         }
     }
 

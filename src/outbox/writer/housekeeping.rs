@@ -20,9 +20,10 @@ const GC_CHUNK_TIGHT: i64 = 1_000;
 
 impl Writer {
     pub(super) fn apply_sink_op(&mut self, op: SinkOp) -> Result<u64, String> {
+        let segments = self.segments();
         let result = self.housekeeping(|connection| {
             let tx = connection.transaction()?;
-            let (count, cursor) = progress::apply(&tx, &op)?;
+            let (count, cursor) = progress::apply(&tx, &op, segments.as_deref())?;
             let registered = match &op {
                 SinkOp::Register { sinks } => Some(progress::cursors(&tx, sinks)?),
                 _ => None,
@@ -78,18 +79,27 @@ impl Writer {
         } else {
             GC_CHUNK
         };
+        let log = self.log.take();
         let result = self.housekeeping(|connection| {
             let tx = connection.transaction()?;
-            let (events, bytes, done) = progress::delete_upto(&tx, upto, chunk)?;
+            let (events, bytes, gone_upto, done) = progress::delete_upto(&tx, upto, chunk)?;
             tx.execute(
                 "UPDATE outbox_state SET event_count = event_count - ?1, byte_count = byte_count - ?2 WHERE singleton = 0",
                 params![events, bytes],
             )?;
+            let released = match &log {
+                Some(log) => log.release(&tx, gone_upto)?,
+                None => Vec::new(),
+            };
             tx.commit()?;
-            Ok((events, bytes, done))
+            Ok((events, bytes, gone_upto, done, released))
         });
+        self.log = log;
         match result {
-            Ok((events, bytes, done)) => {
+            Ok((events, bytes, gone_upto, done, released)) => {
+                if let Some(log) = self.log.as_mut() {
+                    log.remove(&released, gone_upto);
+                }
                 self.events -= events;
                 self.bytes -= bytes;
                 if done {
@@ -151,7 +161,7 @@ impl Writer {
             if retain_bytes > 0 && self.bytes > retain_bytes {
                 let mut excess = self.bytes - retain_bytes;
                 let mut oldest = self.connection.prepare_cached(
-                    "SELECT seq, length(body) FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                    "SELECT seq, length(body) + IFNULL(body_len, 0) FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
                 )?;
                 let mut rows = oldest.query(params![from, FEED_WALK])?;
                 while let Some(row) = rows.next()? {

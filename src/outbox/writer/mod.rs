@@ -15,6 +15,7 @@ mod append;
 mod disk;
 mod housekeeping;
 
+use super::bodies::{self, BodyLog};
 use super::integrity;
 use super::progress::SinkOp;
 use super::reserve::{self, DiskReserve};
@@ -41,6 +42,8 @@ pub struct WriterSettings {
     /// `feed.retain` in ms and `feed.retain_bytes`; both 0 hold nothing for the feed.
     pub feed_retain_ms: i64,
     pub feed_retain_bytes: u64,
+    /// Large groups' bodies go to the body log.
+    pub bodies_in_log: bool,
 }
 
 impl WriterSettings {
@@ -55,6 +58,7 @@ impl WriterSettings {
             min_free_disk: settings.outbox.min_free_disk.0,
             feed_retain_ms: settings.feed_retain.as_millis() as i64,
             feed_retain_bytes: settings.feed_retain_bytes,
+            bodies_in_log: settings.outbox.bodies == super::BodyStore::Segments,
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct Writer {
     /// Everything up to here that retention allowed is deleted.
     collected_upto: i64,
     reserve: Arc<DiskReserve>,
+    /// The body log, with `outbox.bodies = "segments"`.
+    log: Option<BodyLog>,
 }
 
 type SinkReply = oneshot::Sender<Result<u64, String>>;
@@ -83,6 +89,19 @@ struct Committed {
     evicted_events: i64,
 }
 
+/// Why a group's commit failed: nothing of it is stored either way.
+enum CommitError {
+    Sql(rusqlite::Error),
+    /// Appending the group's bodies to the body log.
+    Log(std::io::Error),
+}
+
+impl From<rusqlite::Error> for CommitError {
+    fn from(error: rusqlite::Error) -> Self {
+        CommitError::Sql(error)
+    }
+}
+
 impl Writer {
     pub fn new(
         connection: Connection,
@@ -90,6 +109,7 @@ impl Writer {
         stats: Arc<Stats>,
         (last_seq, events, bytes): (i64, i64, i64),
         reserve: Arc<DiskReserve>,
+        log: Option<BodyLog>,
     ) -> Self {
         Writer {
             connection,
@@ -102,6 +122,7 @@ impl Writer {
             holds: retention::Holds::default(),
             collected_upto: 0,
             reserve,
+            log,
         }
     }
 
@@ -281,8 +302,10 @@ impl Writer {
 
     /// One transaction: dedup lookups, quota plan, eviction, inserts, totals.
     /// Refused requests are answered and removed from `group`; the totals in
-    /// `self` change only once the transaction committed.
-    fn commit_group(&mut self, group: &mut Vec<Pending>) -> rusqlite::Result<Committed> {
+    /// `self` change only once the transaction committed. A large group's
+    /// bodies go to the body log first (when it is on), synced before the
+    /// transaction that names them commits.
+    fn commit_group(&mut self, group: &mut Vec<Pending>) -> Result<Committed, CommitError> {
         let tx = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -297,14 +320,21 @@ impl Writer {
         if group.is_empty() {
             return Ok(Committed { evicted_events: 0 });
         }
-        let (evicted_events, evicted_bytes) = if plan.evict_bytes > 0 {
+        let (evicted_events, evicted_bytes, evicted_upto) = if plan.evict_bytes > 0 {
             evict_oldest(&tx, plan.evict_bytes)?
         } else {
-            (0, 0)
+            (0, 0, 0)
+        };
+        let mut log_at = match self.log.as_mut() {
+            Some(log) if self.settings.bodies_in_log => {
+                append_bodies(log, group).map_err(CommitError::Log)?
+            }
+            _ => None,
         };
         {
             let mut insert_event = tx.prepare_cached(
-                "INSERT INTO events (seq, id, type, fidelity, session_id, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (seq, id, type, fidelity, session_id, received_ms, body, body_at, body_len) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             // An expired entry for the same id is replaced.
             let mut insert_id = tx.prepare_cached(
@@ -313,6 +343,15 @@ impl Writer {
             )?;
             for pending in group.iter() {
                 for (event, seq) in pending.stored() {
+                    let body = event.body.as_bytes();
+                    let (inline, at, len) = match log_at.as_mut() {
+                        Some(at) => {
+                            let place = *at;
+                            *at += body.len() as u64;
+                            (&b""[..], Some(place as i64), Some(body.len() as i64))
+                        }
+                        None => (body, None, None),
+                    };
                     insert_event.execute(params![
                         seq,
                         event.id,
@@ -320,7 +359,9 @@ impl Writer {
                         event.fidelity as i64,
                         event.session_id,
                         event.received_ms,
-                        event.body.as_bytes(),
+                        inline,
+                        at,
+                        len,
                     ])?;
                     if event.client_id {
                         insert_id.execute(params![seq, event.id, self.last_ms])?;
@@ -335,7 +376,22 @@ impl Writer {
             "UPDATE outbox_state SET last_seq = ?1, event_count = ?2, byte_count = ?3 WHERE singleton = 0",
             params![last_seq, events, bytes],
         )?;
+        let mut released = Vec::new();
+        if let Some(log) = self.log.as_ref() {
+            if log_at.is_some() {
+                log.record(&tx, last_seq)?;
+            }
+            if evicted_events > 0 {
+                released = log.release(&tx, evicted_upto)?;
+            }
+        }
         tx.commit()?;
+        if let Some(log) = self.log.as_mut() {
+            log.committed();
+            if evicted_events > 0 {
+                log.remove(&released, evicted_upto);
+            }
+        }
         (self.last_seq, self.events, self.bytes) = (last_seq, events, bytes);
         Ok(Committed { evicted_events })
     }
@@ -355,10 +411,17 @@ impl Writer {
         }
     }
 
-    fn fail(&mut self, group: Vec<Pending>, error: rusqlite::Error) {
-        self.watch_for_corruption(&error);
-        let text = error.to_string();
-        let disk_full = reserve::is_disk_full(&error);
+    fn fail(&mut self, group: Vec<Pending>, error: CommitError) {
+        let (text, disk_full) = match &error {
+            CommitError::Sql(error) => {
+                self.watch_for_corruption(error);
+                (error.to_string(), reserve::is_disk_full(error))
+            }
+            CommitError::Log(error) => (
+                format!("appending to the body log: {error}"),
+                reserve::is_no_space(error),
+            ),
+        };
         tracing::error!(error = %text, requests = group.len(), "outbox commit failed; nothing of these requests was stored");
         let refusal = if disk_full {
             AppendError::DiskFull(format!("the disk holding the outbox is full: {text}"))
@@ -369,17 +432,29 @@ impl Writer {
         // A failed COMMIT may still have reached the disk; re-read the totals
         // so the next seq never collides.
         let totals = self.connection.query_row(
-            "SELECT last_seq, event_count, byte_count FROM outbox_state WHERE singleton = 0",
+            "SELECT last_seq, event_count, byte_count, log_end FROM outbox_state WHERE singleton = 0",
             [],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get::<_, i64>(3)?)),
         );
-        match totals {
-            Ok((last_seq, events, bytes)) => {
+        let log_end = match totals {
+            Ok((last_seq, events, bytes, log_end)) => {
                 (self.last_seq, self.events, self.bytes) = (last_seq, events, bytes);
                 self.publish();
+                Some(log_end as u64)
             }
-            Err(e) => tracing::error!(error = %e, "re-reading outbox totals failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "re-reading outbox totals failed");
+                None
+            }
+        };
+        if let Some(log) = self.log.as_mut() {
+            log.rolled_back(log_end);
         }
+    }
+
+    /// The body log's reader side, for the scanner.
+    pub fn segments(&self) -> Option<Arc<bodies::Segments>> {
+        self.log.as_ref().map(BodyLog::segments)
     }
 
     fn publish(&self) {
@@ -399,4 +474,22 @@ impl Writer {
             changed
         });
     }
+}
+
+/// Appends the group's bodies to the log when they are worth it; returns
+/// the log offset of the first.
+fn append_bodies(log: &mut BodyLog, group: &[Pending]) -> std::io::Result<Option<u64>> {
+    let size: usize = group
+        .iter()
+        .flat_map(Pending::stored)
+        .map(|(event, _)| event.body.len())
+        .sum();
+    if size < bodies::MIN_GROUP_BYTES {
+        return Ok(None);
+    }
+    let mut all = Vec::with_capacity(size);
+    for (event, _) in group.iter().flat_map(Pending::stored) {
+        all.extend_from_slice(event.body.as_bytes());
+    }
+    log.append(&all).map(Some)
 }
