@@ -112,11 +112,21 @@ async fn wait_until_ingest_accepts(daemon: &Daemon, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_ingest_keeps_every_ack_and_recovers_by_itself() {
+    full_disk("segments").await;
+}
+
+/// The same with every body inside the SQLite database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_with_bodies_inline_recovers_the_same_way() {
+    full_disk("inline").await;
+}
+
+async fn full_disk(bodies: &str) {
     let rounds = common::env_number("FULL_DISK_ROUNDS", 3);
     let receiver = Receiver::start(|_, _| Reply::ok()).await;
     receiver.stop();
     let mut daemon = Daemon::prepare(&format!(
-        "[outbox]\nmin_free_disk = \"3MiB\"\n\
+        "[outbox]\nmin_free_disk = \"3MiB\"\nbodies = \"{bodies}\"\n\
          [sinks.remote]\nkind = \"http\"\nurl = \"{}\"\n\
          [sinks.remote.batch]\nmax_age = \"50ms\"\nmax_events = 500\n\
          [sinks.remote.retry]\ninitial = \"50ms\"\nmax = \"300ms\"\n",

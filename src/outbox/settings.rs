@@ -51,7 +51,8 @@ pub enum BodyStore {
     /// In the SQLite database, with the rest of each event's row.
     Inline,
     /// A large group's bodies in the append-only body log under
-    /// `data_dir/bodies/` (written once, not twice as through the WAL).
+    /// `data_dir/bodies/` (written once, not twice as through the WAL);
+    /// the default.
     Segments,
 }
 
@@ -92,7 +93,7 @@ impl Default for OutboxConfig {
             commit_max_events: 20_000,
             on_corruption: OnCorruption::Quarantine,
             min_free_disk: ByteSize::mib(64),
-            bodies: BodyStore::Inline,
+            bodies: BodyStore::Segments,
             segment_bytes: ByteSize::mib(64),
         }
     }
