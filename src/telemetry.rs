@@ -23,6 +23,7 @@ pub mod names {
     pub const OUTBOX_DELETED: &str = "outboxd_outbox_deleted_events_total";
     pub const OUTBOX_QUARANTINED: &str = "outboxd_outbox_quarantined_databases";
     pub const OUTBOX_DISK_RESERVE: &str = "outboxd_outbox_disk_reserve_bytes";
+    pub const OUTBOX_BODY_LOG_BYTES: &str = "outboxd_outbox_body_log_bytes";
     pub const RUNTIME_TASKS: &str = "outboxd_runtime_tasks";
     pub const SINK_EVENTS: &str = "outboxd_sink_events_sent_total";
     pub const SINK_BATCHES: &str = "outboxd_sink_batches_sent_total";
@@ -129,6 +130,11 @@ fn describe() {
         OUTBOX_DISK_RESERVE,
         Unit::Bytes,
         "Size of the disk reserve file in place; 0 after a full disk made outboxd release it."
+    );
+    describe_gauge!(
+        OUTBOX_BODY_LOG_BYTES,
+        Unit::Bytes,
+        "Bytes the body log's segment files hold on disk, delivered bodies not yet freed included."
     );
     describe_gauge!(
         RUNTIME_TASKS,

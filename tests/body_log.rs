@@ -126,6 +126,11 @@ async fn large_groups_go_to_the_log_a_torn_tail_is_cut_and_delivery_empties_it()
         "{:?}",
         body_log_segments(&log)
     );
+    let held = query(&db, "SELECT log_end FROM outbox_state") as u64 - body_log_segments(&log)[0];
+    assert!(held > 1 << 20, "{held}");
+    daemon
+        .wait_samples(&[("outboxd_outbox_body_log_bytes", held as f64)])
+        .await;
     let stored = daemon.stored().await;
     let stored_ids: Vec<&str> = stored.iter().map(|s| s.id.as_str()).collect();
     let mut expected: Vec<String> = large.clone();
@@ -210,6 +215,9 @@ max_events = 300
     }
     let log_end = query(&db, "SELECT log_end FROM outbox_state") as u64;
     assert!(log_end > newest, "{log_end}");
+    daemon
+        .wait_samples(&[("outboxd_outbox_body_log_bytes", 0.0)])
+        .await;
 
     // After a restart on the emptied log, appends start a new segment at
     // its end.

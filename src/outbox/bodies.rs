@@ -191,7 +191,7 @@ impl BodyLog {
             .map(|(start, file)| (start, Arc::new(file)))
             .collect();
         sync_dir(&dir)?;
-        Ok(BodyLog {
+        let log = BodyLog {
             segments: Arc::new(Segments {
                 dir,
                 files: RwLock::new(files),
@@ -201,7 +201,24 @@ impl BodyLog {
             committed_end: log_end,
             end: log_end,
             segment_bytes,
-        })
+        };
+        log.report();
+        Ok(log)
+    }
+
+    /// Publishes how many bytes the segment files hold: from the oldest
+    /// segment's start to the end of the log.
+    fn report(&self) {
+        let oldest = self
+            .segments
+            .files
+            .read()
+            .expect("segments lock")
+            .keys()
+            .next()
+            .copied();
+        let bytes = oldest.map_or(0, |start| self.end.saturating_sub(start));
+        metrics::gauge!(crate::telemetry::names::OUTBOX_BODY_LOG_BYTES).set(bytes as f64);
     }
 
     pub fn segments(&self) -> Arc<Segments> {
@@ -236,6 +253,7 @@ impl BodyLog {
             return Err(e);
         }
         self.end = at + bodies.len() as u64;
+        self.report();
         Ok(at)
     }
 
@@ -295,6 +313,7 @@ impl BodyLog {
         }
         self.end = end;
         self.committed_end = end;
+        self.report();
     }
 
     /// In the transaction that deleted every event with seq <= `upto`:
@@ -333,6 +352,8 @@ impl BodyLog {
                 tracing::warn!(file = %path.display(), error = %e, "removing a segment of the body log");
             }
         }
+        drop(files);
+        self.report();
     }
 }
 
