@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::event::{Event, Fidelity};
+use gate::Gates;
 
 fn event(event_type: &str, data: &serde_json::Value) -> Event {
     Event {
@@ -297,4 +298,84 @@ fn secrets_next_to_non_ascii_text() {
         &defaults(),
         "Schlüssel → {{AKIAIOSFODNN7EXAMPLE|aws_access_key_id}} ✓\nトークン: Bearer {{3f9a7c2e1b8d4f6a0c5e9b7d2a4f8c1e|bearer_token}} 🎉\n",
     );
+}
+
+/// A gate that stays shut on text its rule matches lets that secret through
+/// unmasked. Each rule's examples, mutated (ASCII case flips, the Unicode
+/// folds `K` and `ſ`, other whitespace, text around), must open the gate of
+/// every rule whose regex matches them.
+#[test]
+fn each_gate_opens_wherever_its_rule_matches() {
+    let examples = [
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+        "client-key-data: LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQo=",
+        "id AKIAIOSFODNN7EXAMPLE and ASIAIOSFODNN7EXAMPLE",
+        "aws_secret_access_key = \"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"",
+        "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+        "Authorization: Bearer 3f9a7c2e1b8d4f6a0c5e9b7d2a4f8c1e",
+        "authorization: basic dXNlcjpwYXNzd29yZA==",
+        "ghp_16C7e42F292c6912E7710c838347Ae178B4a github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
+        "xoxb-2048-81920-Zq8dLmR4tYw2",
+        "key=AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc rk_test_4eC39HqLyjWDarjtT1zdp7dc",
+        "OPENAI_API_KEY sk-proj-4fQz9XbT2mLw8RkVn3Jd7HsYc1PaGe6U",
+        "postgres://app:Sup3r-s3cret@db.internal:5432/agents",
+        "DB_PASSWORD=hunter2hunter2 'secret': 'abcdefgh1' access_key : x1y2z3w4v5 credentials=\"a1b2c3d4e5\" pwd:longenough",
+    ];
+    let rules: Vec<(&str, Regex)> = builtin::RULES
+        .iter()
+        .map(|(name, pattern, _)| (*name, Regex::new(pattern).unwrap()))
+        .collect();
+    let gates = Gates::new(&builtin::RULES.iter().map(|r| r.2).collect::<Vec<_>>());
+    let mut matched = vec![0usize; rules.len()];
+    let mut check = |text: &str| {
+        let open = gates.open(text);
+        for (i, (name, regex)) in rules.iter().enumerate() {
+            if regex.is_match(text) {
+                matched[i] += 1;
+                assert!(
+                    open & (1 << i) != 0,
+                    "the gate of `{name}` stayed shut on {text:?}"
+                );
+            }
+        }
+    };
+    let around = ["", " ", "\"", "x", "é ", "\n", "=", ": ", "'"];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for example in examples {
+        check(example);
+        for _ in 0..400 {
+            let mut text = String::from(around[next(around.len())]);
+            for c in example.chars() {
+                let mutated = match (next(6), c) {
+                    (0, 'k' | 'K') => '\u{212A}',
+                    (0, 's' | 'S') => '\u{017F}',
+                    (0, ' ') => '\u{2003}',
+                    (1, ' ') => '\t',
+                    (1 | 2, c) => c.to_ascii_uppercase(),
+                    (3, c) => c.to_ascii_lowercase(),
+                    (_, c) => c,
+                };
+                text.push(mutated);
+            }
+            text.push_str(around[next(around.len())]);
+            check(&text);
+        }
+    }
+    for (i, (name, _)) in rules.iter().enumerate() {
+        assert!(matched[i] > 0, "no example matches `{name}`");
+    }
+}
+
+#[test]
+fn ordinary_events_open_no_gate() {
+    let gates = Gates::new(&builtin::RULES.iter().map(|r| r.2).collect::<Vec<_>>());
+    let body = r#"{"id":"e-1","type":"tool.result","session_id":"s-1","data":{"name":"read_file","usage":{"max_tokens":4096,"prompt_tokens":12},"content":"they said: keep a token count; step 7 passed\n"}}"#;
+    assert_eq!(gates.open(body), 0);
 }
