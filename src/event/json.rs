@@ -16,22 +16,14 @@ pub struct TooDeep {
 pub fn check_depth(text: &[u8], limit: usize, top_level_array: bool) -> Result<(), TooDeep> {
     let limit = if top_level_array { limit + 1 } else { limit };
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
     let mut element = 0usize;
-    for &byte in text {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
+    let mut at = 0;
+    while at < text.len() {
+        match text[at] {
+            b'"' => {
+                at = string_end(text, at + 1);
+                continue;
             }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > limit {
@@ -44,6 +36,7 @@ pub fn check_depth(text: &[u8], limit: usize, top_level_array: bool) -> Result<(
             b',' if top_level_array && depth == 1 => element += 1,
             _ => {}
         }
+        at += 1;
     }
     Ok(())
 }
@@ -51,33 +44,35 @@ pub fn check_depth(text: &[u8], limit: usize, top_level_array: bool) -> Result<(
 /// Appends `text` (valid JSON) to `out` without whitespace outside strings.
 pub fn push_compact(text: &str, out: &mut String) {
     let bytes = text.as_bytes();
-    if !bytes
-        .iter()
-        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-    {
-        out.push_str(text);
-        return;
-    }
-    let mut in_string = false;
-    let mut escaped = false;
     let mut run_start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => at = string_end(bytes, at + 1),
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                out.push_str(&text[run_start..at]);
+                at += 1;
+                run_start = at;
             }
-        } else if byte == b'"' {
-            in_string = true;
-        } else if matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
-            out.push_str(&text[run_start..i]);
-            run_start = i + 1;
+            _ => at += 1,
         }
     }
     out.push_str(&text[run_start..]);
+}
+
+/// Just past the string whose contents start at `from` (after its opening
+/// quote), or the end of `text` when it is not closed. Bodies are mostly
+/// string contents: they are skipped a vector at a time, not byte by byte.
+fn string_end(text: &[u8], mut from: usize) -> usize {
+    while let Some(found) = memchr::memchr2(b'"', b'\\', &text[from..]) {
+        let at = from + found;
+        if text[at] == b'"' {
+            return at + 1;
+        }
+        // An escape: the byte after the backslash is never the end.
+        from = (at + 2).min(text.len());
+    }
+    text.len()
 }
 
 #[cfg(test)]
@@ -91,6 +86,13 @@ mod tests {
         assert!(check_depth(br#"{"a":"[[[[[[\"{{{{"}"#, 1, false).is_ok());
         let bomb = "[".repeat(100_000);
         assert!(check_depth(bomb.as_bytes(), 64, false).is_err());
+        // An escaped backslash does not escape the quote after it.
+        assert!(check_depth(br#"{"a":"x\\","b":[[1]]}"#, 2, false).is_err());
+        assert!(check_depth(br#"{"a":"x\\","b":[[1]]}"#, 3, false).is_ok());
+        // Unterminated strings, a backslash last: no panic, nothing counted.
+        for text in [&b"\"abc\\"[..], b"[\"[[[", b"\"\\\\\\"] {
+            assert!(check_depth(text, 1, false).is_ok());
+        }
     }
 
     #[test]
@@ -114,5 +116,8 @@ mod tests {
         let mut out = String::new();
         push_compact(r#"{"already":"compact"}"#, &mut out);
         assert_eq!(out, r#"{"already":"compact"}"#);
+        let mut out = String::new();
+        push_compact(r#"[ "a\\" , "b c\"" ]"#, &mut out);
+        assert_eq!(out, r#"["a\\","b c\""]"#);
     }
 }
