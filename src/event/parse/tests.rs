@@ -43,7 +43,18 @@ fn missing_id_gets_a_uuid_v7_and_skips_dedup() {
     let events = parse(r#"{"type":"t"}"#, Format::Json).unwrap();
     let id = uuid::Uuid::parse_str(&events[0].id).unwrap();
     assert_eq!(id.get_version_num(), 7);
+    let (seconds, nanos) = id.get_timestamp().unwrap().to_unix();
+    assert_eq!(
+        seconds as i64 * 1000 + nanos as i64 / 1_000_000,
+        NOW,
+        "the id carries the receive time"
+    );
     assert!(!events[0].client_id);
+    let ids: std::collections::HashSet<String> = (0..100)
+        .flat_map(|_| parse(&"{\"type\":\"t\"}\n".repeat(10), Format::Ndjson).unwrap())
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), 1000, "generated ids are unique");
     assert_eq!(body_json(&events[0])["time"], "2023-11-14T22:13:20.123Z");
 }
 
