@@ -221,7 +221,8 @@ impl S3Sink {
         .await;
         match head {
             Ok(response) if (200..300).contains(&response.status_code()) => {
-                return Ok(self.mark_ready("bucket exists"))
+                self.mark_ready("bucket exists");
+                return Ok(());
             }
             Ok(response) if response.status_code() == 404 => {}
             Ok(response) => {
@@ -250,7 +251,8 @@ impl S3Sink {
                         matches!(error_code(body), "BucketAlreadyOwnedByYou")
                     }) =>
             {
-                Ok(self.mark_ready("bucket created"))
+                self.mark_ready("bucket created");
+                Ok(())
             }
             Ok(response) => Err(classify(
                 response.status_code(),
