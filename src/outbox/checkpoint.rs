@@ -3,11 +3,18 @@
 //! commits.
 //!
 //! The writer counts the WAL frames it appends (a WAL hook, which also turns
-//! SQLite's inline auto-checkpoint off). This thread checkpoints once 16 MiB
-//! have piled up and repeats until what the writer appended meanwhile is
-//! small; the writer copies that rest inline after its next commit (a few
-//! pages), so the WAL is whole in the database and starts over from its
-//! beginning instead of growing.
+//! SQLite's inline auto-checkpoint off). This thread checkpoints once 1 MiB
+//! has piled up and repeats until what the writer appended meanwhile is
+//! small. Once the WAL holds 16 MiB, the writer copies that rest inline
+//! after its next commit (a few pages), so the WAL is whole in the database
+//! and starts over from its beginning instead of growing.
+//!
+//! Why 1 MiB at a time: each checkpoint ends with a sync of the database,
+//! and every commit's WAL sync that overlaps it waits behind its writes. A
+//! 16 MiB sync made the commits during it (about 5% of them) take up to
+//! 8 ms, which set single-event p99 (7.5-14 ms at 64 connections); in 1 MiB
+//! steps commits stay under about 2 ms and p99 is 2.9-3.4 ms, at the same
+//! throughput (BENCHMARKS.md, "Single-event tail latency").
 //!
 //! A checkpoint that stops short of the WAL's end leaves the pages it copied
 //! unsynced (SQLite syncs the database only when a checkpoint reaches the
@@ -32,7 +39,7 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(10);
 /// Checkpoint once the writer appended this many frames (pages) since the
 /// last one...
-const AFTER_FRAMES: u64 = 4096;
+const AFTER_FRAMES: u64 = 256;
 /// ...or this long after it, whichever comes first.
 const AFTER_TIME: Duration = Duration::from_secs(1);
 /// Rounds of catching up per checkpoint: each copies what the writer
@@ -40,6 +47,10 @@ const AFTER_TIME: Duration = Duration::from_secs(1);
 const CATCH_UP_ROUNDS: usize = 8;
 /// What the writer copies inline at most to finish a checkpoint (1 MiB).
 const FINISH_INLINE_FRAMES: u64 = 256;
+/// The writer finishes a checkpoint inline (a short stall of one commit)
+/// so that the WAL starts over once it holds this many frames (16 MiB), or
+/// when a checkpoint was due by time (a quiet writer).
+const RESTART_FRAMES: u64 = 4096;
 /// Should this thread fall behind, the writer checkpoints inline once the
 /// WAL holds this many frames (64 MiB with 4 KiB pages, SQLite's former
 /// auto-checkpoint): slow, but the WAL stays bounded as before.
@@ -131,9 +142,11 @@ impl Checkpointer {
                     frames.pending.fetch_sub(pending, Ordering::Relaxed);
                     last = Instant::now();
                     let result = catch_up(&connection, &database, &frames);
+                    let restart = pending < AFTER_FRAMES
+                        || frames.last.load(Ordering::Relaxed) >= RESTART_FRAMES;
                     frames
                         .finish
-                        .store(matches!(result, Ok(true)), Ordering::Relaxed);
+                        .store(matches!(result, Ok(true)) && restart, Ordering::Relaxed);
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "background checkpoint");
                         // Not done: due again next round.
