@@ -26,6 +26,7 @@ use crate::clock::now_ms;
 use crate::telemetry::names;
 use append::{evict_oldest, mark_known, plan, Pending};
 use rusqlite::{params, Connection};
+use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -487,9 +488,10 @@ fn append_bodies(log: &mut BodyLog, group: &[Pending]) -> std::io::Result<Option
     if size < bodies::MIN_GROUP_BYTES {
         return Ok(None);
     }
-    let mut all = Vec::with_capacity(size);
-    for (event, _) in group.iter().flat_map(Pending::stored) {
-        all.extend_from_slice(event.body.as_bytes());
-    }
-    log.append(&all).map(Some)
+    let mut bodies: Vec<IoSlice<'_>> = group
+        .iter()
+        .flat_map(Pending::stored)
+        .map(|(event, _)| IoSlice::new(event.body.as_bytes()))
+        .collect();
+    log.append(&mut bodies).map(Some)
 }
