@@ -462,10 +462,13 @@ fn writer_connection(path: &Path, sync: SyncMode) -> Result<rusqlite::Connection
         SyncMode::Full => "FULL",
         SyncMode::Normal => "NORMAL",
     };
+    // 2 MiB of page cache: the writer mostly appends, so what it caches is
+    // the pages it just wrote; 8 MiB measured no faster, dedup included,
+    // and held 5-8 MiB more RSS under load.
     connection
         .execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000; \
-             PRAGMA cache_size = -8192; \
+             PRAGMA cache_size = -2048; \
              PRAGMA journal_size_limit = 67108864;"
         ))
         .map_err(|e| OpenError(format!("outbox database {}: setting up the writer failed: {e}", path.display())))?;
