@@ -411,3 +411,49 @@ async fn unknown_paths_and_methods_are_refused() {
     }
     assert!(daemon.stored().await.is_empty());
 }
+
+/// The header section is bounded by the connection's read buffer (64 KiB,
+/// so each connection holds at most that while reading): a far larger one
+/// gets 431 and stores nothing, a large legal one still passes.
+#[tokio::test]
+async fn oversized_headers_get_431_and_change_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let daemon = Daemon::start("").await;
+    let legal = "a".repeat(32 * 1024);
+    let answer = daemon
+        .post_with(
+            &[("content-type", "application/json"), ("x-padding", &legal)],
+            r#"{"type":"t","id":"legal"}"#,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+
+    // Raw, so that the client's own limits play no part. The server stops
+    // reading at its limit; the rest may be refused, the answer is read anyway.
+    let body = r#"{"type":"t","id":"too-big"}"#;
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         x-padding: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        "a".repeat(256 * 1024),
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", daemon.http_port))
+        .await
+        .unwrap();
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "expected 431 Request Header Fields Too Large, got `{}`",
+        answer.lines().next().unwrap_or("")
+    );
+
+    let ids: Vec<String> = daemon.stored().await.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["legal"]);
+    let good = daemon
+        .post("application/json", r#"{"type":"still.serving"}"#)
+        .await;
+    assert_eq!(good.status, StatusCode::OK);
+}
