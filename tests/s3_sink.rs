@@ -58,9 +58,10 @@ async fn wait_for_ids(server: &S3Server, bucket: &str, want: &BTreeSet<String>, 
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "missing {} of {} events in S3\n{}",
+            "missing {} of {} events in S3\n{}\n{}",
             want.difference(&have).count(),
             want.len(),
+            server.state(),
             daemon.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -649,10 +649,17 @@ where
 
 /// Starts a server process (output discarded) and waits until it accepts
 /// connections on `port`; `missing` says how tests/run.sh installs it.
-pub async fn spawn_listening(mut command: Command, port: u16, missing: &str) -> Child {
+/// Starts a server process and waits until `port` takes connections; its
+/// output goes to the end of `log`, for a test's failure message.
+pub async fn spawn_listening(mut command: Command, port: u16, missing: &str, log: &Path) -> Child {
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
         .spawn()
         .expect(missing);
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -74,6 +74,7 @@ impl NatsServer {
                 command,
                 self.port,
                 "nats-server is installed by tests/run.sh (Debian package nats-server)",
+                &self.dir.path().join("nats-server.log"),
             )
             .await,
         );

@@ -41,9 +41,28 @@ impl S3Server {
                 command,
                 self.port,
                 "s3s-fs is installed by tests/run.sh (cargo install s3s-fs --features binary)",
+                &self.log_path(),
             )
             .await,
         );
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("s3s-fs.log")
+    }
+
+    /// Whether the server runs, and what it printed: for failure messages.
+    pub fn state(&self) -> String {
+        let running = match &self.child {
+            None => "stopped by the test",
+            // An exited child stays a zombie until it is waited for.
+            Some(child) => match std::fs::read_to_string(format!("/proc/{}/stat", child.id())) {
+                Ok(stat) if !stat.contains(") Z ") => "running",
+                _ => "exited",
+            },
+        };
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        format!("s3s-fs on port {}: {running}\n{log}", self.port)
     }
 
     pub fn stop(&mut self) {

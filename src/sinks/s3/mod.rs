@@ -391,9 +391,11 @@ fn classify(status: u16, body: &str, what: &str) -> Outcome {
 fn classify_error(error: S3Error, what: &str) -> Outcome {
     match error {
         S3Error::HttpFailWithBody(status, body) => classify(status, &body, what),
+        // With its causes: "error sending request" alone does not say
+        // whether the connection was refused, timed out or was reset.
         other => Outcome::Retry {
             after: None,
-            reason: format!("{what}: {other}"),
+            reason: format!("{what}: {}", crate::sinks::error_chain(&other)),
         },
     }
 }
