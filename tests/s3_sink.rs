@@ -405,3 +405,93 @@ async fn create_bucket_looks_first_and_creates_only_a_missing_bucket() {
         "{log}"
     );
 }
+
+/// An uncompressed object streams from the outbox as it is sent, so the
+/// only way its events can differ from when it was gathered is `drop_oldest`
+/// eviction while it waits for S3. Then the read fails before its last byte
+/// (S3 never takes a wrong body), the next attempt sends what is left, and a
+/// range left with nothing gets no object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_that_lose_events_to_eviction_go_up_as_they_read_now() {
+    with_secret();
+    let mut server = S3Server::start().await;
+    server.stop();
+    let sink = s3_sink("lake", &server, "evicted", "").replace(
+        "max_age = \"100ms\"",
+        "max_age = \"100ms\"\nmax_events = 10\nin_flight = 4",
+    );
+    let daemon = Daemon::start(&format!(
+        "[outbox]\nmax_bytes = \"16KiB\"\nwhen_full = \"drop_oldest\"\n{sink}"
+    ))
+    .await;
+    let padded = |id: &str, size: usize| {
+        format!(
+            "{{\"type\":\"t\",\"id\":\"{id}\",\"data\":\"{}\"}}\n",
+            "x".repeat(size)
+        )
+    };
+    let old = ids("old", 40);
+    let body: String = old.iter().map(|id| padded(id, 40)).collect();
+    let answer = daemon.post("application/x-ndjson", body).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(
+        daemon.stored().await.len(),
+        40,
+        "the quota holds the first 40"
+    );
+    // Four batches of ten gathered (measured, not held) and retrying.
+    daemon
+        .wait_samples(&[("outboxd_sink_batches_in_flight{sink=\"lake\"}", 4.0)])
+        .await;
+    // Newer events evict the oldest: at least the first batch's whole range.
+    let mut newer = Vec::new();
+    let survivors = loop {
+        let id = format!("new{}", newer.len());
+        let answer = daemon.post("application/x-ndjson", padded(&id, 1000)).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        newer.push(id);
+        let stored = daemon.stored().await;
+        let survivors: Vec<String> = stored
+            .iter()
+            .filter(|s| s.id.starts_with("old"))
+            .map(|s| s.id.clone())
+            .collect();
+        if survivors.len() <= 25 {
+            break survivors;
+        }
+        assert!(newer.len() < 100, "the quota never evicted");
+    };
+    assert_eq!(
+        survivors[..],
+        old[old.len() - survivors.len()..],
+        "the oldest go first"
+    );
+    server.resume().await;
+    let mut want: BTreeSet<String> = survivors.iter().cloned().collect();
+    want.extend(newer.iter().cloned());
+    wait_for_ids(&server, "evicted", &want, &daemon).await;
+    daemon
+        .wait_sink("lake", WAIT, |s| s["lag_events"] == 0)
+        .await;
+    let objects = server.objects("evicted");
+    assert!(
+        objects.iter().all(|(_, bytes)| !bytes.is_empty()),
+        "no object for a range that lost every event: {:?}",
+        objects
+            .iter()
+            .map(|(key, bytes)| (key, bytes.len()))
+            .collect::<Vec<_>>()
+    );
+    let mut found = ids_in(&all_lines(&server, "evicted"));
+    found.sort();
+    assert_eq!(
+        found,
+        want.into_iter().collect::<Vec<_>>(),
+        "what was left of each range, exactly once, and nothing evicted"
+    );
+    assert!(
+        daemon.log().contains("were evicted (drop_oldest)"),
+        "the batches in flight were read again after eviction\n{}",
+        daemon.log()
+    );
+}

@@ -12,12 +12,13 @@
 mod attempt;
 mod backoff;
 mod filter;
+mod replay;
 mod sessions;
 pub mod status;
 
 use crate::clock::now_ms;
 use crate::format::Compression;
-use crate::format::{encode, BodyWriter, EncodedBatch, Encoder};
+use crate::format::{encode, BodyWriter, EncodedBatch, Encoder, Replay};
 use crate::outbox::{Outbox, SinkOp};
 use crate::shutdown::Shutdown;
 use crate::sinks::config::SinkConfig;
@@ -25,6 +26,7 @@ use crate::sinks::Sink;
 use crate::telemetry::names;
 use attempt::{AttemptTask, Attempts, Verdict};
 use filter::Filter;
+use replay::ReplayRange;
 use status::SinkStatus;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -161,10 +163,13 @@ type Next = Option<Option<Batch>>;
 pub struct Delivery {
     name: String,
     config: SinkConfig,
-    encoder: Box<dyn Encoder>,
+    encoder: Arc<dyn Encoder>,
+    /// Whether batch bodies are read again while they are sent (see
+    /// [`replay`]) rather than held in memory.
+    replays: bool,
     outbox: Outbox,
     status: Arc<SinkStatus>,
-    filter: Filter,
+    filter: Arc<Filter>,
     shutdown: Shutdown,
     attempts: Attempts,
 }
@@ -181,8 +186,9 @@ impl Delivery {
     ) -> Delivery {
         Delivery {
             name: name.to_string(),
-            filter: Filter::new(&config),
-            encoder: config.format.encoder(),
+            filter: Arc::new(Filter::new(&config)),
+            encoder: config.format.encoder().into(),
+            replays: config.kind.streams_body() && config.compression == Compression::None,
             attempts: Attempts {
                 name: name.to_string(),
                 sink: Arc::new(sink),
@@ -448,12 +454,22 @@ impl Delivery {
     /// Starts a fixed range as it is (never shrunk), recording it first
     /// when `record` and it holds anything for this sink.
     async fn start_range(&self, (first, last): (i64, i64), record: bool) -> Option<InFlight> {
-        let events = self.read(|| self.outbox.read_range(first, last)).await?;
-        let mut body = BodyWriter::new(&*self.encoder);
-        for event in events.iter().filter(|e| self.filter.matches(e)) {
-            body.push(&*self.encoder, event);
+        let mut body = self.body_writer();
+        let mut after = first - 1;
+        while after < last {
+            let rows = self
+                .read(|| self.outbox.read_between(after, last, READ_CHUNK))
+                .await?;
+            let complete = (rows.len() as i64) < READ_CHUNK;
+            for event in rows.iter().filter(|e| self.filter.matches(e)) {
+                body.push(&*self.encoder, event);
+            }
+            after = if complete {
+                last
+            } else {
+                rows.last().map_or(last, |e| e.seq)
+            };
         }
-        drop(events);
         if body.events() == 0 {
             return Some(self.skip(first, last));
         }
@@ -469,16 +485,39 @@ impl Delivery {
         Some(self.launch(seqs, encoded))
     }
 
+    /// A body for a batch: held in memory, or only measured when it is
+    /// read again as it is sent.
+    fn body_writer(&self) -> BodyWriter {
+        if self.replays {
+            BodyWriter::measuring(&*self.encoder)
+        } else {
+            BodyWriter::new(&*self.encoder)
+        }
+    }
+
     /// The batch's body as sent, and the seqs it carries (only those are
     /// needed from here on, to split or dead-letter it).
     fn finish(&self, batch: Batch, max_bytes: Option<usize>) -> (Vec<i64>, EncodedBatch) {
         let mut seqs = batch.body.seqs();
-        let encoded = batch.body.finish(
-            &*self.encoder,
-            (batch.first, batch.last),
-            self.config.compression,
-            max_bytes,
-        );
+        let range = (batch.first, batch.last);
+        if self.replays {
+            // Gathered within `max_bytes` already; a measured body cannot shrink.
+            let encoded = batch
+                .body
+                .finish_measured(&*self.encoder, range, |measured| {
+                    Arc::new(ReplayRange::new(
+                        self.outbox.clone(),
+                        self.filter.clone(),
+                        self.encoder.clone(),
+                        range,
+                        measured,
+                    )) as Arc<dyn Replay>
+                });
+            return (seqs, encoded);
+        }
+        let encoded = batch
+            .body
+            .finish(&*self.encoder, range, self.config.compression, max_bytes);
         // A shrunk body keeps its oldest events.
         seqs.truncate(encoded.events);
         (seqs, encoded)
@@ -511,7 +550,7 @@ impl Delivery {
             .increment(batch.events as u64);
         metrics::counter!(names::SINK_BATCHES, "sink" => self.name.clone()).increment(1);
         metrics::counter!(names::SINK_BYTES, "sink" => self.name.clone())
-            .increment(batch.body.len() as u64);
+            .increment(batch.body.len());
         metrics::histogram!(names::SINK_BATCH_EVENTS, "sink" => self.name.clone())
             .record(batch.events as f64);
     }
@@ -627,21 +666,19 @@ impl Delivery {
                 let batch = gathered.get_or_insert_with(|| Gathered {
                     first: event.seq,
                     last: event.seq,
-                    body: BodyWriter::new(&*self.encoder),
+                    body: self.body_writer(),
                     full: false,
                 });
                 if batch.body.events() >= max_events {
                     batch.full = true;
                     return Some(gathered);
                 }
-                if self.filter.matches(&event) {
-                    batch.body.push(&*self.encoder, &event);
-                    // The event that would pass the size starts the next batch.
-                    if batch.body.plain_len() > plain_limit && batch.body.events() > 1 {
-                        batch.body.truncate(batch.body.events() - 1);
-                        batch.full = true;
-                        return Some(gathered);
-                    }
+                // The event that would pass the size starts the next batch.
+                if self.filter.matches(&event)
+                    && !batch.body.push_within(&*self.encoder, &event, plain_limit)
+                {
+                    batch.full = true;
+                    return Some(gathered);
                 }
                 batch.last = event.seq;
                 after = event.seq;

@@ -11,6 +11,7 @@ pub mod openai;
 use crate::event::StoredEvent;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 pub use jsonl::push_with_seq;
 
@@ -84,14 +85,21 @@ impl Framing {
 /// held once, as bytes, never also as rows. It can give up its newest
 /// events to fit a size (it knows where each record ends) and is
 /// compressed once, at the end.
+///
+/// A measuring writer ([`BodyWriter::measuring`]) keeps only the body's
+/// length and CRC-32, for a sink that reads the body again from the outbox
+/// while it sends it ([`Body::Replayed`]).
 #[derive(Debug, Default)]
 pub struct BodyWriter {
-    /// Opening bytes and the records so far; the closing bytes come at the end.
+    /// Opening bytes and the records so far; the closing bytes come at the
+    /// end. When measuring: the record being written, then cleared.
     plain: Vec<u8>,
-    /// Where each event's record ends in `plain`, and its seq.
+    /// Where each event's record ends in the body, and its seq.
     ends: Vec<(usize, i64)>,
     first_received_ms: Option<i64>,
     close: &'static [u8],
+    /// When measuring: the bytes passed so far and their CRC-32.
+    measured: Option<(usize, crc32fast::Hasher)>,
 }
 
 impl BodyWriter {
@@ -102,16 +110,55 @@ impl BodyWriter {
             ends: Vec::new(),
             first_received_ms: None,
             close: framing.close,
+            measured: None,
         }
     }
 
+    /// A writer that keeps the body's length and CRC-32, not its bytes.
+    pub fn measuring(encoder: &(impl Encoder + ?Sized)) -> BodyWriter {
+        let mut body = BodyWriter::new(encoder);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&body.plain);
+        body.measured = Some((body.plain.len(), crc));
+        body.plain.clear();
+        body
+    }
+
     pub fn push(&mut self, encoder: &(impl Encoder + ?Sized), event: &StoredEvent) {
+        self.push_within(encoder, event, usize::MAX);
+    }
+
+    /// Adds the event's record unless the body would then pass `limit`
+    /// bytes (a body's first record is always taken); false when it did not.
+    pub fn push_within(
+        &mut self,
+        encoder: &(impl Encoder + ?Sized),
+        event: &StoredEvent,
+        limit: usize,
+    ) -> bool {
+        let before = self.plain.len();
         if !self.ends.is_empty() {
             self.plain.extend_from_slice(encoder.framing().separator);
         }
         encoder.write_event(event, &mut self.plain);
-        self.ends.push((self.plain.len(), event.seq));
+        let len = self.written() + self.close.len();
+        if len > limit && !self.ends.is_empty() {
+            self.plain.truncate(before);
+            return false;
+        }
+        if let Some((passed, crc)) = &mut self.measured {
+            crc.update(&self.plain);
+            *passed += self.plain.len();
+            self.plain.clear();
+        }
+        self.ends.push((self.written(), event.seq));
         self.first_received_ms.get_or_insert(event.received_ms);
+        true
+    }
+
+    /// Bytes of the body so far, without the closing ones.
+    fn written(&self) -> usize {
+        self.plain.len() + self.measured.as_ref().map_or(0, |(passed, _)| *passed)
     }
 
     pub fn events(&self) -> usize {
@@ -120,7 +167,7 @@ impl BodyWriter {
 
     /// Uncompressed size of the body as it stands.
     pub fn plain_len(&self) -> usize {
-        self.plain.len() + self.close.len()
+        self.written() + self.close.len()
     }
 
     /// Receive time of the first event.
@@ -134,8 +181,10 @@ impl BodyWriter {
     }
 
     /// Keeps the first `keep` events (at least one), dropping the newer ones.
+    /// A measuring writer cannot give bytes back: see [`BodyWriter::push_within`].
     pub fn truncate(&mut self, keep: usize) {
         let keep = keep.max(1);
+        assert!(self.measured.is_none(), "a measured body cannot shrink");
         if keep < self.ends.len() {
             self.plain.truncate(self.ends[keep - 1].0);
             self.ends.truncate(keep);
@@ -153,6 +202,10 @@ impl BodyWriter {
         compression: Compression,
         max_bytes: Option<usize>,
     ) -> EncodedBatch {
+        assert!(
+            self.measured.is_none(),
+            "a measured body is finished with `finish_measured`"
+        );
         loop {
             let over = |len: usize| max_bytes.is_some_and(|max| len > max) && self.ends.len() > 1;
             let body = match compression {
@@ -180,11 +233,40 @@ impl BodyWriter {
                 last_seq,
                 first_received_ms: self.first_received_ms.unwrap_or(0),
                 events: self.ends.len(),
-                body: Bytes::from(body),
+                body: Body::Bytes(Bytes::from(body)),
                 content_type: encoder.content_type(),
                 content_encoding,
                 extension: format!("{}{suffix}", encoder.extension()),
             };
+        }
+    }
+}
+
+impl BodyWriter {
+    /// Finishes a measuring writer's body of `[first_seq, last_seq]`, sent
+    /// as it is (bounded while it was gathered with `push_within`, never
+    /// compressed) from the `Replay` that `source` makes of its measure.
+    pub fn finish_measured(
+        mut self,
+        encoder: &(impl Encoder + ?Sized),
+        (first_seq, last_seq): (i64, i64),
+        source: impl FnOnce(Measured) -> Arc<dyn Replay>,
+    ) -> EncodedBatch {
+        let (passed, mut crc) = self.measured.take().expect("a measuring writer");
+        crc.update(self.close);
+        let measured = Measured {
+            len: (passed + self.close.len()) as u64,
+            crc32: crc.finalize(),
+        };
+        EncodedBatch {
+            first_seq,
+            last_seq,
+            first_received_ms: self.first_received_ms.unwrap_or(0),
+            events: self.ends.len(),
+            body: Body::Replayed(source(measured)),
+            content_type: encoder.content_type(),
+            content_encoding: None,
+            extension: encoder.extension().to_string(),
         }
     }
 }
@@ -225,11 +307,99 @@ pub struct EncodedBatch {
     /// Receive time of the batch's first event (dates S3 keys).
     pub first_received_ms: i64,
     pub events: usize,
-    pub body: Bytes,
+    pub body: Body,
     pub content_type: &'static str,
     pub content_encoding: Option<&'static str>,
     /// File-name ending: `.jsonl`, `.json`, plus `.gz` / `.zst`.
     pub extension: String,
+}
+
+/// A batch's body: its bytes, or a way to read them again from the outbox
+/// while they are sent, so that a batch in flight holds no copy of its
+/// events (the delivery loop picks this for sinks that stream a body).
+#[derive(Clone)]
+pub enum Body {
+    Bytes(Bytes),
+    Replayed(Arc<dyn Replay>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+            Body::Replayed(replay) => write!(f, "Replayed({:?})", replay.measured()),
+        }
+    }
+}
+
+/// The length and CRC-32 of a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    pub len: u64,
+    pub crc32: u32,
+}
+
+impl Measured {
+    pub fn of(bytes: &[u8]) -> Measured {
+        Measured {
+            len: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        }
+    }
+}
+
+/// A body read again, chunk by chunk, each time it is sent. The events it
+/// reads can only go away meanwhile (`drop_oldest` eviction), never change:
+/// a read that no longer matches the last measure fails before its last
+/// byte, so a receiver never takes a wrong body, and the next
+/// [`Replay::measure`] measures what is there now.
+pub trait Replay: Send + Sync {
+    /// The length and CRC-32 of the body: as gathered, or as it reads now
+    /// when a read found it changed; None when no event of it is left.
+    fn measure(&self) -> BoxFuture<'_, Result<Option<Measured>, String>>;
+    /// The last measure.
+    fn measured(&self) -> Measured;
+    /// The body in chunks, checked against `expected` on the way.
+    fn chunks(self: Arc<Self>, expected: Measured) -> BoxStream<'static, Result<Bytes, String>>;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub type BoxStream<'a, T> = std::pin::Pin<Box<dyn futures_util::Stream<Item = T> + Send + 'a>>;
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(bytes) => bytes.len() as u64,
+            Body::Replayed(replay) => replay.measured().len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, when the body is held in memory.
+    pub fn in_memory(&self) -> Option<&Bytes> {
+        match self {
+            Body::Bytes(bytes) => Some(bytes),
+            Body::Replayed(_) => None,
+        }
+    }
+
+    /// The whole body in memory, for a sink that needs it at once.
+    pub async fn collect(&self) -> Result<Bytes, String> {
+        use futures_util::TryStreamExt;
+        match self {
+            Body::Bytes(bytes) => Ok(bytes.clone()),
+            Body::Replayed(replay) => {
+                let Some(expected) = replay.measure().await? else {
+                    return Ok(Bytes::new());
+                };
+                let chunks: Vec<Bytes> = replay.clone().chunks(expected).try_collect().await?;
+                Ok(Bytes::from(chunks.concat()))
+            }
+        }
+    }
 }
 
 /// A seq as it appears in names: 20 digits, so names sort in seq order.
@@ -271,7 +441,7 @@ pub fn finish(plain: Vec<u8>, encoder: &dyn Encoder, compression: Compression) -
         last_seq: 0,
         first_received_ms: 0,
         events: 0,
-        body: Bytes::from(body),
+        body: Body::Bytes(Bytes::from(body)),
         content_type: encoder.content_type(),
         content_encoding,
         extension: format!("{}{suffix}", encoder.extension()),
@@ -282,6 +452,17 @@ pub fn finish(plain: Vec<u8>, encoder: &dyn Encoder, compression: Compression) -
 mod tests {
     use super::*;
     use crate::event::Fidelity;
+
+    /// The formats with one record per event.
+    const EVENT_FORMATS: [BodyFormat; 3] = [
+        BodyFormat::Ndjson,
+        BodyFormat::JsonArray,
+        BodyFormat::OpenaiChat,
+    ];
+
+    fn bytes(batch: &EncodedBatch) -> &Bytes {
+        batch.body.in_memory().expect("held in memory")
+    }
 
     fn stored(seq: i64, body: &str) -> StoredEvent {
         StoredEvent {
@@ -308,7 +489,7 @@ mod tests {
             Compression::None,
         );
         assert_eq!(
-            &ndjson.body[..],
+            &bytes(&ndjson)[..],
             b"{\"seq\":7,\"id\":\"a\",\"type\":\"t\"}\n{\"seq\":9,\"id\":\"b\",\"type\":\"t\"}\n"
         );
         assert_eq!(
@@ -327,7 +508,7 @@ mod tests {
             &*BodyFormat::JsonArray.encoder(),
             Compression::None,
         );
-        let parsed: Vec<serde_json::Value> = serde_json::from_slice(&array.body).unwrap();
+        let parsed: Vec<serde_json::Value> = serde_json::from_slice(bytes(&array)).unwrap();
         assert_eq!(parsed[1]["seq"], 9);
         assert_eq!(array.extension, ".json");
     }
@@ -337,33 +518,93 @@ mod tests {
         let events: Vec<_> = (1..=10)
             .map(|i| stored(i, r#"{"id":"x","type":"t","data":"0123456789"}"#))
             .collect();
-        for format in [
-            BodyFormat::Ndjson,
-            BodyFormat::JsonArray,
-            BodyFormat::OpenaiChat,
-        ] {
+        for format in EVENT_FORMATS {
             let encoder = format.encoder();
             let whole = encode(&events, 1, 12, &*encoder, Compression::None);
             let mut body = BodyWriter::new(&*encoder);
             for event in &events {
                 body.push(&*encoder, event);
             }
-            assert_eq!(body.plain_len(), whole.body.len(), "{format:?}");
+            assert_eq!(body.plain_len(), bytes(&whole).len(), "{format:?}");
             assert_eq!(body.seqs(), (1..=10).collect::<Vec<_>>());
             // Under half the size: halved until it fits (10 -> 5 -> 2
             // events), and the range ends at the last event kept.
-            let max = whole.body.len() / 2 - 1;
+            let max = bytes(&whole).len() / 2 - 1;
             let fitted = body.finish(&*encoder, (1, 12), Compression::None, Some(max));
-            assert!(fitted.body.len() <= max, "{format:?}");
+            assert!(bytes(&fitted).len() <= max, "{format:?}");
             assert_eq!(
                 (fitted.events, fitted.first_seq, fitted.last_seq),
                 (2, 1, 2)
             );
             assert_eq!(
-                fitted.body,
-                encode(&events[..2], 1, 2, &*encoder, Compression::None).body,
+                *bytes(&fitted),
+                *bytes(&encode(&events[..2], 1, 2, &*encoder, Compression::None)),
                 "{format:?}: the same bytes as encoding the kept events"
             );
+        }
+    }
+
+    #[test]
+    fn a_measured_body_has_the_length_and_crc_of_the_bytes_it_stands_for() {
+        let events: Vec<_> = (1..=10)
+            .map(|i| {
+                stored(
+                    i,
+                    &format!(
+                        r#"{{"id":"x{i}","type":"t","data":"{}"}}"#,
+                        "ab".repeat(i as usize)
+                    ),
+                )
+            })
+            .collect();
+        for format in EVENT_FORMATS {
+            let encoder = format.encoder();
+            // A limit that takes some events and refuses the next.
+            let limit = bytes(&encode(&events[..6], 1, 6, &*encoder, Compression::None)).len() + 3;
+            let (mut kept, mut measuring) =
+                (BodyWriter::new(&*encoder), BodyWriter::measuring(&*encoder));
+            for event in &events {
+                let took = kept.push_within(&*encoder, event, limit);
+                assert_eq!(
+                    measuring.push_within(&*encoder, event, limit),
+                    took,
+                    "{format:?}"
+                );
+                assert_eq!(measuring.plain_len(), kept.plain_len(), "{format:?}");
+            }
+            assert_eq!(kept.seqs(), (1..=6).collect::<Vec<_>>(), "{format:?}");
+            assert_eq!(measuring.seqs(), kept.seqs());
+            let plain = kept.finish(&*encoder, (1, 6), Compression::None, None);
+            let mut seen = None;
+            let measured = measuring.finish_measured(&*encoder, (1, 6), |measured| {
+                seen = Some(measured);
+                Arc::new(Unread(measured))
+            });
+            assert_eq!(seen, Some(Measured::of(bytes(&plain))), "{format:?}");
+            assert_eq!(measured.body.len(), plain.body.len());
+            assert_eq!(
+                (
+                    measured.events,
+                    measured.first_received_ms,
+                    &measured.extension
+                ),
+                (plain.events, plain.first_received_ms, &plain.extension)
+            );
+        }
+    }
+
+    /// A replayed body whose bytes are never read.
+    struct Unread(Measured);
+
+    impl Replay for Unread {
+        fn measure(&self) -> BoxFuture<'_, Result<Option<Measured>, String>> {
+            Box::pin(std::future::ready(Ok(Some(self.0))))
+        }
+        fn measured(&self) -> Measured {
+            self.0
+        }
+        fn chunks(self: Arc<Self>, _: Measured) -> BoxStream<'static, Result<Bytes, String>> {
+            unreachable!("not read in these tests")
         }
     }
 
@@ -387,11 +628,11 @@ mod tests {
             &*encoder,
             (1, 64),
             Compression::Zstd,
-            Some(whole.body.len() - 1),
+            Some(bytes(&whole).len() - 1),
         );
         assert_eq!((fitted.events, fitted.last_seq), (32, 32));
         assert_eq!(fitted.extension, ".json.zst");
-        let plain = zstd::decode_all(&fitted.body[..]).unwrap();
+        let plain = zstd::decode_all(&bytes(&fitted)[..]).unwrap();
         let parsed: Vec<serde_json::Value> = serde_json::from_slice(&plain).unwrap();
         assert_eq!(parsed.len(), 32);
         assert_eq!(parsed[31]["seq"], 32);
@@ -428,21 +669,21 @@ mod tests {
         for compression in [Compression::Gzip, Compression::Zstd] {
             let a = encode(&events, 1, 49, &*BodyFormat::Ndjson.encoder(), compression);
             let b = encode(&events, 1, 49, &*BodyFormat::Ndjson.encoder(), compression);
-            assert_eq!(a.body, b.body);
-            assert!(a.body.len() < plain.body.len());
+            assert_eq!(bytes(&a), bytes(&b));
+            assert!(bytes(&a).len() < bytes(&plain).len());
             let decoded = match compression {
                 Compression::Gzip => {
                     let mut out = Vec::new();
                     std::io::Read::read_to_end(
-                        &mut flate2::read::GzDecoder::new(&a.body[..]),
+                        &mut flate2::read::GzDecoder::new(&bytes(&a)[..]),
                         &mut out,
                     )
                     .unwrap();
                     out
                 }
-                _ => zstd::decode_all(&a.body[..]).unwrap(),
+                _ => zstd::decode_all(&bytes(&a)[..]).unwrap(),
             };
-            assert_eq!(decoded, plain.body.to_vec());
+            assert_eq!(decoded, bytes(&plain).to_vec());
         }
     }
 }

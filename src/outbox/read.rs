@@ -58,6 +58,22 @@ impl Outbox {
             .await
     }
 
+    /// Up to `limit` events of `(after, last]`, in seq order.
+    pub async fn read_between(
+        &self,
+        after: i64,
+        last: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        self.scanner
+            .events(
+                &self.stats,
+                "SELECT seq, type, fidelity, session_id, received_ms, body, body_at, body_len FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                vec![Param::Int(after), Param::Int(last), Param::Int(limit)],
+            )
+            .await
+    }
+
     /// The events of `[first, last]` still in the outbox.
     pub async fn read_range(&self, first: i64, last: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
         self.scanner

@@ -32,6 +32,15 @@ pub enum Outcome {
     },
 }
 
+/// The batch's whole body in memory, for a sink that sends it at once
+/// (it is already, unless the sink streams bodies: `STREAMS_BODY`).
+pub async fn whole_body(batch: &EncodedBatch) -> Result<bytes::Bytes, Outcome> {
+    batch.body.collect().await.map_err(|e| Outcome::Retry {
+        after: None,
+        reason: format!("reading the batch {} again: {e}", batch.range_key()),
+    })
+}
+
 impl Outcome {
     /// The label used in metrics.
     pub fn label(&self) -> &'static str {
@@ -46,7 +55,7 @@ impl Outcome {
 }
 
 /// Every sink kind. Each is a folder that provides the same items: `NAME`
-/// (its `kind = "..."`), `default_batch()`, `Config` (its own keys, with
+/// (its `kind = "..."`), `MESSAGE_PER_EVENT`, `STREAMS_BODY`, `default_batch()`, `Config` (its own keys, with
 /// `validate`) and `Sink` (`new`, `deliver`). Adding a kind is its folder
 /// plus one line here; the delivery loop and the common config never change.
 macro_rules! sink_kinds {
@@ -72,6 +81,14 @@ macro_rules! sink_kinds {
             pub fn message_per_event(self) -> bool {
                 match self {
                     $(SinkKind::$variant => $module::MESSAGE_PER_EVENT),+
+                }
+            }
+
+            /// Whether the kind sends a body as it reads it from the outbox
+            /// (its batches in flight then hold no copy of their events).
+            pub fn streams_body(self) -> bool {
+                match self {
+                    $(SinkKind::$variant => $module::STREAMS_BODY),+
                 }
             }
 

@@ -17,6 +17,9 @@ pub const NAME: &str = "file";
 /// A batch is one body (file, request, object), whatever its format.
 pub const MESSAGE_PER_EVENT: bool = false;
 
+/// Writes a body it holds whole.
+pub const STREAMS_BODY: bool = false;
+
 /// Batch bounds where the config gives none.
 pub fn default_batch() -> BatchConfig {
     BatchConfig {
@@ -56,7 +59,10 @@ impl FileSink {
     pub async fn deliver(&self, batch: &EncodedBatch) -> Outcome {
         let dir = self.dir.clone();
         let name = format!("{}{}", batch.range_key(), batch.extension);
-        let body = batch.body.clone();
+        let body = match crate::sinks::whole_body(batch).await {
+            Ok(body) => body,
+            Err(outcome) => return outcome,
+        };
         let result =
             tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &body)).await;
         match result {

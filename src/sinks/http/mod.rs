@@ -18,6 +18,9 @@ pub const NAME: &str = "http";
 /// A batch is one body (file, request, object), whatever its format.
 pub const MESSAGE_PER_EVENT: bool = false;
 
+/// Sends a body it holds whole (1 MiB batches, one in flight, by default).
+pub const STREAMS_BODY: bool = false;
+
 /// Batch bounds where the config gives none.
 pub fn default_batch() -> BatchConfig {
     BatchConfig {
@@ -151,6 +154,10 @@ impl HttpSink {
     }
 
     pub async fn deliver(&self, batch: &EncodedBatch) -> Outcome {
+        let body = match crate::sinks::whole_body(batch).await {
+            Ok(body) => body,
+            Err(outcome) => return outcome,
+        };
         let mut request = self
             .client
             .post(self.url.clone())
@@ -159,7 +166,7 @@ impl HttpSink {
             .header("content-type", batch.content_type)
             .header("x-outboxd-first-seq", batch.first_seq)
             .header("x-outboxd-last-seq", batch.last_seq)
-            .body(batch.body.clone());
+            .body(body);
         if let Some(encoding) = batch.content_encoding {
             request = request.header("content-encoding", encoding);
         }

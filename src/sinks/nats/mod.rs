@@ -24,6 +24,9 @@ pub const NAME: &str = "nats";
 /// Each event is its own message: the body must be NDJSON, uncompressed.
 pub const MESSAGE_PER_EVENT: bool = true;
 
+/// Publishes each line of a body it holds whole.
+pub const STREAMS_BODY: bool = false;
+
 /// Batch bounds where the config gives none.
 pub fn default_batch() -> BatchConfig {
     BatchConfig {
@@ -464,8 +467,12 @@ impl NatsSink {
     /// Publishes every event of the batch, at most `max_in_flight` awaiting
     /// their acknowledgement; the first failure decides the outcome.
     async fn publish_all(&self, context: &jetstream::Context, batch: &EncodedBatch) -> Outcome {
+        let body = match crate::sinks::whole_body(batch).await {
+            Ok(body) => body,
+            Err(outcome) => return outcome,
+        };
         let mut in_flight = VecDeque::new();
-        for line in batch.body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let head: Head = match serde_json::from_slice(line) {
                 Ok(head) => head,
                 Err(e) => return rejected(format!("an event line is not JSON: {e}")),
@@ -482,7 +489,7 @@ impl NatsSink {
                 headers.insert("Outboxd-Agent-Id", agent.as_ref());
             }
             // The line as sent, without copying.
-            let payload = batch.body.slice_ref(line);
+            let payload = body.slice_ref(line);
             match context
                 .publish_with_headers(subject.clone(), headers, payload)
                 .await

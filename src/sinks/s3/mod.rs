@@ -3,7 +3,7 @@
 //! leaves a duplicate object. Each object is one presigned PUT (see `put`).
 
 use crate::clock::format_key_time;
-use crate::format::{seq_key, EncodedBatch};
+use crate::format::{seq_key, Body, EncodedBatch, Measured};
 use crate::sinks::config::BatchConfig;
 use crate::secret::{resolve_secret, MaskedUrl, Secret};
 use crate::sinks::Outcome;
@@ -23,6 +23,9 @@ pub const NAME: &str = "s3";
 
 /// A batch is one body (file, request, object), whatever its format.
 pub const MESSAGE_PER_EVENT: bool = false;
+
+/// Streams an uncompressed body from the outbox: 8 MiB objects, several in flight.
+pub const STREAMS_BODY: bool = true;
 
 /// Batch bounds where the config gives none.
 pub fn default_batch() -> BatchConfig {
@@ -300,18 +303,38 @@ impl S3Sink {
     /// (SHA-256) nor for `Content-MD5`, which cost a sixth of the drain's
     /// CPU. The server still checks the bytes: `x-amz-checksum-crc32`
     /// (signed, SIMD-fast) travels with them. One PUT carries up to 5 GiB,
-    /// and always the `Content-Encoding`.
+    /// and always the `Content-Encoding`. An uncompressed body streams from
+    /// the outbox as it is sent, with its length and CRC-32 known from when
+    /// it was gathered, so an object in flight holds no copy of its events.
+    /// Err: the outcome, when there is no answer to classify.
     async fn put(&self, key: &str, batch: &EncodedBatch) -> Result<reqwest::Response, Outcome> {
         use base64::Engine as _;
-        use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+        use reqwest::header::{
+            HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
+        };
         let what = || format!("PUT {key}");
+        let (measured, body) = match &batch.body {
+            Body::Bytes(bytes) => (Measured::of(bytes), reqwest::Body::from(bytes.clone())),
+            Body::Replayed(replay) => {
+                let measured = replay.measure().await.map_err(|e| Outcome::Retry {
+                    after: None,
+                    reason: format!("{}: reading the batch again: {e}", what()),
+                })?;
+                // Evicted while in flight: as after a restart, a range that
+                // holds nothing any more gets no object.
+                let Some(measured) = measured else {
+                    return Err(Outcome::Delivered);
+                };
+                let chunks = replay.clone().chunks(measured);
+                (measured, reqwest::Body::wrap_stream(chunks))
+            }
+        };
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(batch.content_type));
         if let Some(encoding) = batch.content_encoding {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
         }
-        let crc = crc32fast::hash(&batch.body).to_be_bytes();
-        let checksum = base64::engine::general_purpose::STANDARD.encode(crc);
+        let checksum = base64::engine::general_purpose::STANDARD.encode(measured.crc32.to_be_bytes());
         headers.insert(
             "x-amz-checksum-crc32",
             HeaderValue::from_str(&checksum).expect("base64 is a header value"),
@@ -323,10 +346,12 @@ impl S3Sink {
             .map_err(|e| Outcome::Halted {
                 reason: format!("{}: cannot sign the request: {e}", what()),
             })?;
+        // Not signed: a stream has no length of its own to send.
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(measured.len));
         self.client
             .put(url)
             .headers(headers)
-            .body(batch.body.clone())
+            .body(body)
             .send()
             .await
             .map_err(|e| Outcome::Retry {
