@@ -198,6 +198,44 @@ async fn pages_follow_the_cursor_with_filters_and_refuse_bad_queries() {
 }
 
 #[tokio::test]
+async fn a_page_of_large_events_stops_near_4_mib_and_the_next_goes_on() {
+    let daemon = Daemon::start("").await;
+    // Ten events of 900 KiB (under the 1 MiB event limit), in two requests.
+    let big = "y".repeat(900 << 10);
+    for half in 0..2 {
+        let body: String = (0..5)
+            .map(|i| {
+                json!({"id": format!("big{}", half * 5 + i), "type": "tool.result", "data": big})
+                    .to_string()
+                    + "\n"
+            })
+            .collect();
+        daemon.post_ndjson(body).await;
+    }
+    let (mut after, mut ids, mut pages) = (0, Vec::new(), 0);
+    loop {
+        let page = daemon
+            .get_json(&format!("/v1/events?after={after}&limit=100"))
+            .await;
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        pages += 1;
+        assert!(
+            events.len() <= 5,
+            "a page of {} events of 900 KiB",
+            events.len()
+        );
+        ids.extend(events.iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        after = page["next_after"].as_i64().unwrap();
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("big{i}")).collect();
+    assert_eq!(ids, want, "every event once, in order, across the pages");
+    assert!(pages >= 2);
+}
+
+#[tokio::test]
 async fn resets_the_subscriber_cap_and_unstored_events_live() {
     let daemon = Daemon::start(
         "[ingest]\nstore = \"compacted\"\n[feed]\nmax_subscribers = 1\n\

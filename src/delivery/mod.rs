@@ -460,7 +460,7 @@ impl Delivery {
             let rows = self
                 .read(|| self.outbox.read_between(after, last, READ_CHUNK))
                 .await?;
-            let complete = (rows.len() as i64) < READ_CHUNK;
+            let complete = rows.complete;
             for event in rows.iter().filter(|e| self.filter.matches(e)) {
                 body.push(&*self.encoder, event);
             }
@@ -661,7 +661,7 @@ impl Delivery {
             let rows = self
                 .read(|| self.outbox.read_after(after, READ_CHUNK))
                 .await?;
-            let caught_up = (rows.len() as i64) < READ_CHUNK;
+            let caught_up = rows.complete;
             for event in rows {
                 let batch = gathered.get_or_insert_with(|| Gathered {
                     first: event.seq,

@@ -76,8 +76,8 @@ impl ReplayRange {
             .read_between(at.after, self.last, ROWS_PER_READ)
             .await
             .map_err(|e| e.to_string())?;
-        let complete = (rows.len() as i64) < ROWS_PER_READ;
-        for event in &rows {
+        let complete = rows.complete;
+        for event in rows.iter() {
             at.after = event.seq;
             if self.filter.matches(event) {
                 if at.records > 0 {

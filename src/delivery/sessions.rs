@@ -114,7 +114,7 @@ impl Delivery {
             else {
                 break;
             };
-            let caught_up = (chunk.len() as i64) < READ_CHUNK;
+            let caught_up = chunk.complete;
             // "Now" for idleness is the scan's position until it is caught up.
             let now = match chunk.last() {
                 Some(last) if !caught_up => last.received_ms,
@@ -221,7 +221,7 @@ impl Delivery {
                         .read_session(&row.session_id, from, row.last_seq, READ_CHUNK)
                 })
                 .await?;
-            let done = (chunk.len() as i64) < READ_CHUNK;
+            let done = chunk.complete;
             if let Some(last) = chunk.last() {
                 from = last.seq + 1;
             }

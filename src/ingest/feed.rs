@@ -33,6 +33,9 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 const CHUNK: i64 = 500;
 /// A page scans at most this many rows past filters before it answers.
 const PAGE_SCAN: usize = 20_000;
+/// A page answers once its events reach this size (with at least one):
+/// `limit` events of up to 1 MiB each would otherwise be a gigabyte.
+const PAGE_MAX_BYTES: usize = 4 << 20;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
@@ -183,7 +186,7 @@ pub async fn page(
             .read_after(cursor, CHUNK)
             .await
             .map_err(storage_error)?;
-        let caught_up = (chunk.len() as i64) < CHUNK;
+        let caught_up = chunk.complete;
         for event in chunk {
             scanned += 1;
             if request
@@ -197,7 +200,7 @@ pub async fn page(
                 returned += 1;
             }
             cursor = event.seq;
-            if returned == request.limit || scanned >= PAGE_SCAN {
+            if returned == request.limit || scanned >= PAGE_SCAN || body.len() >= PAGE_MAX_BYTES {
                 break 'scan;
             }
         }
@@ -354,7 +357,7 @@ impl Subscriber {
                     return false;
                 }
             };
-            let caught_up = (chunk.len() as i64) < CHUNK;
+            let caught_up = chunk.complete;
             for event in chunk {
                 self.cursor = event.seq;
                 if self

@@ -22,6 +22,7 @@ mod writer;
 pub use open::{open, OpenError, Opened};
 pub use progress::SinkOp;
 pub use read::{DeadLetter, SinkCursor};
+pub use scan::Chunk;
 pub use settings::{BodyStore, OnCorruption, OutboxConfig, Settings, SyncMode, WhenFull};
 
 use crate::event::{Event, LiveEvent};

@@ -3,7 +3,7 @@
 //! scans the backlog: every query walks an index from a known seq and stops
 //! at a limit.
 
-use super::scan::Param;
+use super::scan::{Chunk, Param};
 use super::Outbox;
 use crate::event::{Fidelity, StoredEvent};
 use serde::Serialize;
@@ -43,17 +43,15 @@ pub struct DeadLetter {
 }
 
 impl Outbox {
-    /// Up to `limit` events with seq > `after`, in seq order.
-    pub async fn read_after(
-        &self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    /// Up to `limit` events with seq > `after`, in seq order (fewer when
+    /// their bodies pass the read budget; see [`Chunk::complete`]).
+    pub async fn read_after(&self, after: i64, limit: i64) -> Result<Chunk, sqlx::Error> {
         self.scanner
             .events(
                 &self.stats,
                 "SELECT seq, type, fidelity, session_id, received_ms, body, body_at, body_len FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                vec![Param::Int(after), Param::Int(limit)],
+                vec![Param::Int(after)],
+                limit,
             )
             .await
     }
@@ -64,23 +62,13 @@ impl Outbox {
         after: i64,
         last: i64,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    ) -> Result<Chunk, sqlx::Error> {
         self.scanner
             .events(
                 &self.stats,
                 "SELECT seq, type, fidelity, session_id, received_ms, body, body_at, body_len FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                vec![Param::Int(after), Param::Int(last), Param::Int(limit)],
-            )
-            .await
-    }
-
-    /// The events of `[first, last]` still in the outbox.
-    pub async fn read_range(&self, first: i64, last: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        self.scanner
-            .events(
-                &self.stats,
-                "SELECT seq, type, fidelity, session_id, received_ms, body, body_at, body_len FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                vec![Param::Int(first), Param::Int(last)],
+                vec![Param::Int(after), Param::Int(last)],
+                limit,
             )
             .await
     }

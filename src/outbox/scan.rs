@@ -18,6 +18,36 @@ use std::sync::{Arc, Mutex};
 /// Connections kept open between reads (more are opened when busy).
 const IDLE_CONNECTIONS: usize = 4;
 
+/// Bodies one read returns, at most (and at least one event): with
+/// events of up to `ingest.max_event_bytes` (1 MiB), a read of 1000 rows
+/// could otherwise hold a gigabyte.
+pub const READ_BUDGET_BYTES: usize = 2 << 20;
+
+/// The events of one bulk read, in seq order: at most its `limit` of rows
+/// and [`READ_BUDGET_BYTES`] of bodies.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub events: Vec<StoredEvent>,
+    /// Whether the query had no rows left: the read reached the end of
+    /// what it asked for, rather than its limit or its budget.
+    pub complete: bool,
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = Vec<StoredEvent>;
+    fn deref(&self) -> &Vec<StoredEvent> {
+        &self.events
+    }
+}
+
+impl IntoIterator for Chunk {
+    type Item = StoredEvent;
+    type IntoIter = std::vec::IntoIter<StoredEvent>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.into_iter()
+    }
+}
+
 /// A small pool of read-only connections to the outbox database.
 pub struct Scanner {
     path: PathBuf,
@@ -38,18 +68,22 @@ impl Scanner {
     }
 
     /// Runs `sql` (selecting the columns of [`super::read::Row`], then
-    /// `body_at, body_len`) with `params` on a
-    /// blocking thread; SQLite's corruption reports raise the alarm in `stats`.
+    /// `body_at, body_len`, and ending in `LIMIT ?`) with `params` and then
+    /// `limit` on a blocking thread, stopping early at [`READ_BUDGET_BYTES`];
+    /// SQLite's corruption reports raise the alarm in `stats`.
     pub async fn events(
         self: &Arc<Self>,
         stats: &Stats,
         sql: &'static str,
-        params: Vec<Param>,
-    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        mut params: Vec<Param>,
+        limit: i64,
+    ) -> Result<Chunk, sqlx::Error> {
         let scanner = self.clone();
-        let result = tokio::task::spawn_blocking(move || scanner.query(sql, &params))
-            .await
-            .map_err(|_| sqlx::Error::WorkerCrashed)?;
+        params.push(Param::Int(limit));
+        let result =
+            tokio::task::spawn_blocking(move || scanner.query(sql, &params, limit as usize))
+                .await
+                .map_err(|_| sqlx::Error::WorkerCrashed)?;
         result.map_err(|e| {
             if integrity::rusqlite_is_corrupt(&e) {
                 stats.corrupt(e.to_string());
@@ -59,7 +93,7 @@ impl Scanner {
         })
     }
 
-    fn query(&self, sql: &str, params: &[Param]) -> rusqlite::Result<Vec<StoredEvent>> {
+    fn query(&self, sql: &str, params: &[Param], limit: usize) -> rusqlite::Result<Chunk> {
         let connection = match self.idle.lock().expect("scanner pool").pop() {
             Some(connection) => connection,
             None => self.open()?,
@@ -80,8 +114,12 @@ impl Scanner {
                     place,
                 ))
             })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .and_then(|rows| self.fill_bodies(rows))
+            within_budget(rows, limit).and_then(|(rows, complete)| {
+                Ok(Chunk {
+                    events: self.fill_bodies(rows)?,
+                    complete,
+                })
+            })
         };
         let mut idle = self.idle.lock().expect("scanner pool");
         if idle.len() < IDLE_CONNECTIONS && !self.closed.load(Ordering::Acquire) {
@@ -137,6 +175,25 @@ impl Scanner {
 /// `body_at, body_len` of a row: both NULL when the body is inline.
 type LogPlace = (Option<i64>, Option<i64>);
 
+/// Takes rows until the query ends, `limit` rows or [`READ_BUDGET_BYTES`]
+/// of bodies (counted before the log's are read); whether it ended.
+fn within_budget(
+    rows: impl Iterator<Item = rusqlite::Result<(StoredEvent, LogPlace)>>,
+    limit: usize,
+) -> rusqlite::Result<(Vec<(StoredEvent, LogPlace)>, bool)> {
+    let mut taken = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let row = row?;
+        bytes += row.0.body.len() + row.1 .1.unwrap_or(0) as usize;
+        taken.push(row);
+        if taken.len() >= limit || bytes >= READ_BUDGET_BYTES {
+            return Ok((taken, false));
+        }
+    }
+    Ok((taken, true))
+}
+
 fn missing(text: String) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(text.into())
 }
@@ -153,5 +210,62 @@ impl ToSql for Param {
             Param::Int(value) => value.to_sql(),
             Param::Text(value) => value.to_sql(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Fidelity;
+
+    /// A row with an inline body of `inline` bytes, or one of `in_log`
+    /// bytes still in the body log (read after the budget is applied).
+    fn row(
+        seq: i64,
+        inline: usize,
+        in_log: Option<i64>,
+    ) -> rusqlite::Result<(StoredEvent, LogPlace)> {
+        let event = StoredEvent {
+            seq,
+            event_type: "t".into(),
+            fidelity: Fidelity::Committed,
+            session_id: None,
+            received_ms: 0,
+            body: vec![b' '; inline],
+        };
+        Ok((event, (in_log.map(|_| 0), in_log)))
+    }
+
+    fn seqs(taken: &[(StoredEvent, LogPlace)]) -> Vec<i64> {
+        taken.iter().map(|(event, _)| event.seq).collect()
+    }
+
+    #[test]
+    fn a_read_stops_at_its_limit_its_budget_or_the_end() {
+        let small = (1..=5).map(|seq| row(seq, 100, None));
+        let (taken, complete) = within_budget(small.clone(), 10).unwrap();
+        assert_eq!((seqs(&taken), complete), (vec![1, 2, 3, 4, 5], true));
+        let (taken, complete) = within_budget(small, 3).unwrap();
+        assert_eq!(
+            (seqs(&taken), complete),
+            (vec![1, 2, 3], false),
+            "the limit"
+        );
+        // 900 KiB bodies: the third passes 2 MiB, inline or in the log.
+        let big = 900 << 10;
+        let inline = (1..=10).map(|seq| row(seq, big, None));
+        let (taken, complete) = within_budget(inline, 1000).unwrap();
+        assert_eq!(
+            (seqs(&taken), complete),
+            (vec![1, 2, 3], false),
+            "the budget"
+        );
+        let in_log = (1..=10).map(|seq| row(seq, 0, Some(big as i64)));
+        let (taken, complete) = within_budget(in_log, 1000).unwrap();
+        assert_eq!((seqs(&taken), complete), (vec![1, 2, 3], false));
+        // One event larger than the budget still goes, alone.
+        let huge = (1..=2).map(|seq| row(seq, 3 << 20, None));
+        let (taken, complete) = within_budget(huge, 1000).unwrap();
+        assert_eq!((seqs(&taken), complete), (vec![1], false));
     }
 }

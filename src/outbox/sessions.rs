@@ -5,7 +5,6 @@
 //! outbox's read API, so assembly never depends on how events are stored.
 
 use super::Outbox;
-use crate::event::StoredEvent;
 use rusqlite::{params, Transaction};
 
 /// A run of one session's events in a scanned chunk, in seq order.
@@ -225,7 +224,7 @@ impl Outbox {
         from: i64,
         upto: i64,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    ) -> Result<super::scan::Chunk, sqlx::Error> {
         use super::scan::Param;
         self.scanner
             .events(
@@ -236,8 +235,8 @@ impl Outbox {
                     Param::Text(session_id.to_string()),
                     Param::Int(from),
                     Param::Int(upto),
-                    Param::Int(limit),
                 ],
+                limit,
             )
             .await
     }
